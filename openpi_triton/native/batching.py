@@ -1,0 +1,41 @@
+"""Fixed batch buckets: JAX compiles once per shape, so batches are padded up to the next bucket."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def parse_buckets(value: str | Sequence[int]) -> tuple[int, ...]:
+    """``"1,2,4,8"`` or ``[1, 2, 4, 8]`` -> sorted unique positive sizes; anything else is a ``ValueError``."""
+    items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+    try:
+        sizes = sorted({int(v) for v in items})
+    except (TypeError, ValueError):
+        raise ValueError(f"batch buckets: expected comma-separated positive integers, got {value!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"batch buckets: expected comma-separated positive integers, got {value!r}")
+    return tuple(sizes)
+
+
+def split_into_buckets(count: int, buckets: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Chunks of ``count`` rows as (start, stop, bucket): full largest buckets first, the rest padded up."""
+    chunks: list[tuple[int, int, int]] = []
+    start = 0
+    largest = buckets[-1]
+    while count - start > largest:
+        chunks.append((start, start + largest, largest))
+        start += largest
+    remaining = count - start
+    if remaining > 0:
+        chunks.append((start, count, next(b for b in buckets if b >= remaining)))
+    return chunks
+
+
+def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
+    """Pads axis 0 to ``size`` by repeating the first row (padded rows are computed and dropped)."""
+    if array.shape[0] == size:
+        return array
+    reps = np.repeat(array[:1], size - array.shape[0], axis=0)
+    return np.concatenate([array, reps], axis=0)

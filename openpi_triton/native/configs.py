@@ -1,0 +1,121 @@
+"""openpi's inference configs, by name: model type, embodiment, horizons, prompt length, norm-stats asset.
+
+Only what inference needs is recorded; sizes of the networks come from the checkpoint itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+from openpi_triton.native.embodiments import EMBODIMENTS, Embodiment
+from openpi_triton.native.embodiments.aloha import RESET_POSE
+
+
+def make_bool_mask(*dims: int) -> tuple[bool, ...]:
+    """openpi's mask notation: positive n -> n Trues, negative n -> n Falses."""
+    out: list[bool] = []
+    for d in dims:
+        out.extend([d > 0] * abs(d))
+    return tuple(out)
+
+
+ALOHA_DELTA_MASK = make_bool_mask(6, -1, 6, -1)
+LIBERO_DELTA_MASK = make_bool_mask(6, -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    """What openpi's ``TrainConfig`` says about serving one model."""
+
+    name: str
+    pi05: bool
+    embodiment_name: str
+    asset_id: str
+    action_horizon: int
+    max_token_len: int
+    action_dim: int = 32
+    discrete_state_input: bool | None = None
+    delta_action_mask: tuple[bool, ...] | None = None
+    default_prompt: str | None = None
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def embodiment(self) -> Embodiment:
+        return EMBODIMENTS[self.embodiment_name]
+
+    @property
+    def uses_discrete_state(self) -> bool:
+        return self.pi05 if self.discrete_state_input is None else self.discrete_state_input
+
+    @property
+    def use_quantile_norm(self) -> bool:
+        return self.pi05
+
+    @property
+    def model_type(self) -> str:
+        return "pi05" if self.pi05 else "pi0"
+
+
+def _aloha(name: str, pi05: bool, **kw: Any) -> PolicyConfig:
+    kw.setdefault("asset_id", "trossen")
+    kw.setdefault("delta_action_mask", ALOHA_DELTA_MASK)
+    return PolicyConfig(
+        name=name, pi05=pi05, embodiment_name="aloha", action_horizon=50,
+        max_token_len=200 if pi05 else 48, **kw,
+    )
+
+
+def _libero(name: str, pi05: bool, horizon: int, **kw: Any) -> PolicyConfig:
+    return PolicyConfig(
+        name=name, pi05=pi05, embodiment_name="libero", asset_id="physical-intelligence/libero",
+        action_horizon=horizon, max_token_len=200 if pi05 else 48, **kw,
+    )
+
+
+def _droid(name: str, pi05: bool, horizon: int, **kw: Any) -> PolicyConfig:
+    return PolicyConfig(
+        name=name, pi05=pi05, embodiment_name="droid", asset_id="droid",
+        action_horizon=horizon, max_token_len=200 if pi05 else 48, **kw,
+    )
+
+
+_RESET = {"reset_pose": RESET_POSE}
+
+POLICY_CONFIGS: dict[str, PolicyConfig] = {
+    c.name: c
+    for c in (
+        _aloha("pi0_aloha", False, metadata=_RESET),
+        _aloha("pi05_aloha", True, metadata=_RESET),
+        _aloha("pi0_aloha_towel", False, default_prompt="fold the towel", metadata=_RESET),
+        _aloha(
+            "pi0_aloha_tupperware", False,
+            default_prompt="open the tupperware and put the food on the plate", metadata=_RESET,
+        ),
+        _aloha("pi0_aloha_pen_uncap", False, default_prompt="uncap the pen"),
+        _aloha("pi05_aloha_pen_uncap", True, default_prompt="uncap the pen"),
+        _aloha(
+            "pi0_aloha_sim", False, asset_id="lerobot/aloha_sim_transfer_cube_human",
+            default_prompt="Transfer cube", delta_action_mask=None,
+        ),
+        _droid("pi0_droid", False, 10),
+        _droid("pi05_droid", True, 15),
+        _droid("pi05_droid_finetune", True, 16),
+        _droid("pi05_full_droid_finetune", True, 16),
+        _libero("pi0_libero", False, 50, delta_action_mask=LIBERO_DELTA_MASK),
+        _libero("pi05_libero", True, 10, discrete_state_input=False),
+    )
+}
+
+
+def get_policy_config(name: str) -> PolicyConfig:
+    """The named config, or a ``ValueError`` listing close matches and every supported name."""
+    if name in POLICY_CONFIGS:
+        return POLICY_CONFIGS[name]
+    close = difflib.get_close_matches(name, POLICY_CONFIGS, n=3)
+    hint = f" Did you mean {close}?" if close else ""
+    raise ValueError(
+        f"model_config_name {name!r} is not supported by the native runtime.{hint} "
+        f"Supported: {sorted(POLICY_CONFIGS)}. Other openpi configs (pi0-FAST, LoRA) need runtime 'openpi'."
+    )

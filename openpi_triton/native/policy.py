@@ -1,0 +1,266 @@
+"""The native policy: openpi's input transforms per observation, one batched jitted ``sample_actions``, outputs.
+
+``NativePolicy.infer_batch`` is the batched equivalent of openpi's ``Policy.infer``. For serving layers
+that must give each request its own error, the three stages are public: ``prepare`` (validation and input
+transforms for one observation, raises ``ValueError``), ``sample`` (one model call for many prepared
+observations) and ``finish`` (output transforms for one row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import pathlib
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from openpi_triton.native import batching, checkpoint, normalize, pi0, tokenizer
+from openpi_triton.native.configs import PolicyConfig, get_policy_config
+from openpi_triton.native.embodiments.base import MODEL_IMAGE_SIZE, RobotFrame
+from openpi_triton.native.image import resize_with_pad
+from openpi_triton.native.variants import ModelSpec, infer_spec
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyOptions:
+    """Serving choices that are not part of openpi's config."""
+
+    dtype: str = "float32"
+    num_steps: int = 10
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8)
+    default_prompt: str | None = None
+    tokenizer_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if not isinstance(self.num_steps, int) or self.num_steps < 1:
+            raise ValueError(f"num_steps: expected a positive integer, got {self.num_steps!r}")
+        object.__setattr__(self, "batch_buckets", batching.parse_buckets(self.batch_buckets))
+
+
+@dataclasses.dataclass
+class PreparedObservation:
+    """One observation after openpi's input transforms, ready to be stacked into a batch."""
+
+    frame: RobotFrame
+    normalized_state: np.ndarray
+    images: np.ndarray  # uint8 [3, 224, 224, 3], slots in pi0.IMAGE_KEYS order
+    image_masks: np.ndarray  # bool [3]
+    state: np.ndarray  # float32 [action_dim], what the model and the output transforms see
+    tokens: np.ndarray
+    token_mask: np.ndarray
+    noise: np.ndarray | None
+
+
+class NativePolicy:
+    """pi0 / pi0.5 for one openpi config and checkpoint, batched over observations."""
+
+    def __init__(
+        self,
+        config: PolicyConfig,
+        params: Mapping[str, Any],
+        norm_stats: Mapping[str, checkpoint.NormStats],
+        sp_tokenizer: Any,
+        options: PolicyOptions,
+        device: jax.Device | None = None,
+    ) -> None:
+        self.config = config
+        self.options = options
+        self.spec: ModelSpec = infer_spec(params)
+        if self.spec.pi05 != config.pi05:
+            kind = "pi0.5" if self.spec.pi05 else "pi0"
+            raise ValueError(f"model_config_name {config.name!r} expects {config.model_type} but the checkpoint is {kind}")
+        if self.spec.action_dim != config.action_dim:
+            raise ValueError(f"checkpoint action_dim {self.spec.action_dim} != config action_dim {config.action_dim}")
+        for key in ("state", "actions"):
+            if key not in norm_stats:
+                raise ValueError(f"norm stats for config {config.name!r} lack {key!r}")
+        if config.use_quantile_norm:
+            normalize.check_quantiles(dict(norm_stats), config.name)
+        self.norm_stats = dict(norm_stats)
+        self.tokenizer = tokenizer.PromptTokenizer(sp_tokenizer, config.max_token_len)
+        if sp_tokenizer.vocab_size() > self.spec.vocab_size:
+            raise ValueError(
+                f"tokenizer has {sp_tokenizer.vocab_size()} pieces but the checkpoint embeds {self.spec.vocab_size}: "
+                "wrong tokenizer for this checkpoint"
+            )
+        self.device = device or jax.devices()[0]
+        self.dtype = DTYPES[options.dtype]
+        self.params = jax.device_put(params, self.device)
+        self._rng = jax.random.key(0)
+        self._sample = jax.jit(
+            functools.partial(self._sample_impl, spec=self.spec, num_steps=options.num_steps, dtype=self.dtype)
+        )
+        self.compiled_buckets: set[int] = set()
+
+    # ----- metadata ---------------------------------------------------------------------------------------------
+
+    @property
+    def action_horizon(self) -> int:
+        return self.config.action_horizon
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What robots receive on connect (openpi's policy metadata + openpi-flash's fields)."""
+        return {
+            **self.config.metadata,
+            "action_horizon": self.config.action_horizon,
+            "image_specs": self.config.embodiment.image_specs(),
+        }
+
+    # ----- stages -----------------------------------------------------------------------------------------------
+
+    def prepare(self, obs: Mapping[str, Any], noise: Any = None) -> PreparedObservation:
+        """Validates one robot observation and applies openpi's input transforms (``ValueError`` on bad input)."""
+        frame = self.config.embodiment.inputs(obs)
+        prompt = frame.prompt
+        if prompt is None:
+            prompt = self.options.default_prompt if self.options.default_prompt is not None else self.config.default_prompt
+        if prompt is None:
+            raise ValueError("'prompt': required (a string); this model has no default prompt")
+        normalized = normalize.normalize(frame.state, self.norm_stats["state"], use_quantiles=self.config.use_quantile_norm)
+        tokens, token_mask = self.tokenizer.tokenize(prompt, normalized if self.config.uses_discrete_state else None)
+        images = np.stack([resize_with_pad(frame.images[k], MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE) for k in pi0.IMAGE_KEYS])
+        masks = np.asarray([frame.image_masks[k] for k in pi0.IMAGE_KEYS], dtype=bool)
+        padded = np.zeros(self.config.action_dim, dtype=normalized.dtype)
+        padded[: normalized.shape[-1]] = normalized
+        return PreparedObservation(
+            frame=frame, normalized_state=normalized, images=images, image_masks=masks,
+            state=padded.astype(np.float32), tokens=tokens, token_mask=token_mask,
+            noise=self.check_noise(noise),
+        )
+
+    def check_noise(self, noise: Any) -> np.ndarray | None:
+        if noise is None:
+            return None
+        array = np.asarray(noise)
+        expected = (self.config.action_horizon, self.config.action_dim)
+        if array.ndim == 3 and array.shape[0] == 1:
+            array = array[0]
+        if array.shape != expected or not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"'noise': expected float32 {list(expected)}, got {array.dtype} {list(array.shape)}")
+        if not np.all(np.isfinite(array)):
+            raise ValueError("'noise': values must be finite")
+        return array.astype(np.float32)
+
+    def _draw_noise(self) -> np.ndarray:
+        # Same key sequence as openpi's Policy (key(0), split per call), so a fresh policy's first
+        # noise-less call reproduces openpi's first call.
+        self._rng, sample_rng = jax.random.split(self._rng)
+        shape = (1, self.config.action_horizon, self.config.action_dim)
+        return np.asarray(jax.random.normal(sample_rng, shape))[0]
+
+    def sample(self, prepared: Sequence[PreparedObservation]) -> np.ndarray:
+        """One model pass per bucket-sized chunk; returns raw model actions float32 [N, H, action_dim]."""
+        if not prepared:
+            return np.zeros((0, self.config.action_horizon, self.config.action_dim), np.float32)
+        noise = np.stack([p.noise if p.noise is not None else self._draw_noise() for p in prepared])
+        stacked = {
+            "images": np.stack([p.images for p in prepared]),
+            "image_masks": np.stack([p.image_masks for p in prepared]),
+            "state": np.stack([p.state for p in prepared]),
+            "tokens": np.stack([p.tokens for p in prepared]),
+            "token_mask": np.stack([p.token_mask for p in prepared]),
+        }
+        outputs = []
+        for start, stop, bucket in batching.split_into_buckets(len(prepared), self.options.batch_buckets):
+            chunk = {k: batching.pad_rows(v[start:stop], bucket) for k, v in stacked.items()}
+            chunk_noise = batching.pad_rows(noise[start:stop], bucket)
+            result = self._run_bucket(chunk, chunk_noise)
+            outputs.append(result[: stop - start])
+        return np.concatenate(outputs, axis=0)
+
+    def _run_bucket(self, chunk: dict[str, np.ndarray], noise: np.ndarray) -> np.ndarray:
+        bucket = noise.shape[0]
+        if bucket not in self.compiled_buckets:
+            logger.info("compiling %s for batch %d (not warmed up)", self.config.name, bucket)
+        placed = jax.device_put((chunk, noise), self.device)
+        result = np.asarray(self._sample(self.params, placed[0], placed[1]))
+        self.compiled_buckets.add(bucket)
+        return result
+
+    @staticmethod
+    def _sample_impl(
+        params: Any, chunk: dict[str, jax.Array], noise: jax.Array, *, spec: ModelSpec, num_steps: int, dtype: Any
+    ) -> jax.Array:
+        inputs = pi0.ModelInputs(
+            images=pi0.uint8_images_to_float(chunk["images"]),
+            image_masks=chunk["image_masks"],
+            state=chunk["state"],
+            tokens=chunk["tokens"],
+            token_mask=chunk["token_mask"],
+        )
+        return pi0.sample_actions(params, spec, inputs, noise, num_steps=num_steps, dtype=dtype)
+
+    def finish(self, prepared: PreparedObservation, raw_actions: np.ndarray) -> np.ndarray:
+        """openpi's output transforms for one row: un-normalise, absolute joints, robot action format."""
+        quantiles = self.config.use_quantile_norm
+        state = normalize.unnormalize(prepared.state, self.norm_stats["state"], use_quantiles=quantiles)
+        actions = normalize.unnormalize(raw_actions, self.norm_stats["actions"], use_quantiles=quantiles)
+        mask = self.config.delta_action_mask
+        if mask is not None:
+            dims = len(mask)
+            actions = np.array(actions, copy=True)
+            actions[..., :dims] += np.expand_dims(np.where(np.asarray(mask), state[..., :dims], 0), axis=-2)
+        return self.config.embodiment.outputs(actions)
+
+    # ----- whole calls ------------------------------------------------------------------------------------------
+
+    def infer_batch(
+        self, observations: Sequence[Mapping[str, Any]], noise: Sequence[Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """openpi's ``Policy.infer`` for many observations in one model call; raises on the first bad one."""
+        noises = list(noise) if noise is not None else [None] * len(observations)
+        if len(noises) != len(observations):
+            raise ValueError(f"'noise': got {len(noises)} entries for {len(observations)} observations")
+        prepared = [self.prepare(obs, n) for obs, n in zip(observations, noises, strict=True)]
+        start = time.perf_counter()
+        raw = self.sample(prepared)
+        infer_ms = (time.perf_counter() - start) * 1000.0
+        return [
+            {"actions": self.finish(p, raw[i]), "policy_timing": {"infer_ms": infer_ms}}
+            for i, p in enumerate(prepared)
+        ]
+
+    def infer(self, obs: Mapping[str, Any], noise: Any = None) -> dict[str, Any]:
+        return self.infer_batch([obs], None if noise is None else [noise])[0]
+
+    def warmup(self) -> dict[int, float]:
+        """Compiles every batch bucket (seconds per bucket); serving never compiles after this."""
+        rng = np.random.default_rng(0)
+        example = self.prepare(self.config.embodiment.example(rng), np.zeros(
+            (self.config.action_horizon, self.config.action_dim), np.float32))
+        seconds: dict[int, float] = {}
+        for bucket in self.options.batch_buckets:
+            start = time.perf_counter()
+            self.sample([example] * bucket)
+            seconds[bucket] = time.perf_counter() - start
+            logger.info("warm-up %s batch %d: %.2f s", self.config.name, bucket, seconds[bucket])
+        return seconds
+
+
+def load_policy(
+    config_name: str,
+    checkpoint_dir: str | pathlib.Path,
+    options: PolicyOptions | None = None,
+    device: jax.Device | None = None,
+) -> NativePolicy:
+    """Builds a :class:`NativePolicy` from an openpi config name and a local checkpoint directory."""
+    options = options or PolicyOptions()
+    config = get_policy_config(config_name)
+    ckpt = checkpoint.resolve_checkpoint_dir(checkpoint_dir)
+    params = checkpoint.load_params(ckpt, options.dtype)
+    norm_stats = checkpoint.load_norm_stats(ckpt, config.asset_id)
+    sp = tokenizer.load_sentencepiece(options.tokenizer_path)
+    return NativePolicy(config, params, norm_stats, sp, options, device)
