@@ -30,7 +30,7 @@ def resolve_checkpoint_dir(checkpoint_dir: str | pathlib.Path) -> pathlib.Path:
             "or `huggingface-cli download <repo> --local-dir <dir>`, then point checkpoint_dir at the directory "
             "that contains params/ and assets/."
         )
-    path = pathlib.Path(text).expanduser()
+    path = pathlib.Path(text).expanduser().resolve()
     if not path.is_dir():
         raise CheckpointError(f"checkpoint_dir {str(path)!r} does not exist or is not a directory")
     if (path / "_METADATA").exists() and not (path / "params").exists():
