@@ -161,7 +161,7 @@ class Subtask:
 
 def _generate_impl(
     params: Any, images: jax.Array, tokens: jax.Array, token_mask: jax.Array, vocab_mask: jax.Array, *,
-    spec: ModelSpec, max_tokens: int, dtype: Any, full_trace: bool,
+    spec: ModelSpec, max_tokens: int, dtype: Any, full_trace: bool, early_exit: bool,
 ) -> dict[str, jax.Array]:
     batch = tokens.shape[0]
     inputs = pi0.ModelInputs(
@@ -200,7 +200,7 @@ def _generate_impl(
 
     def cond(carry: dict[str, Any]) -> jax.Array:
         running = carry["step"] < max_tokens
-        return running if full_trace else running & ~jnp.all(carry["done"])
+        return running & ~jnp.all(carry["done"]) if early_exit else running
 
     init: dict[str, Any] = {
         "step": jnp.int32(0), "logits": first_logits, "buffer": jnp.zeros((batch, max_tokens), jnp.int32),
@@ -245,12 +245,13 @@ class SubtaskPlanner:
         self.params = jax.device_put(_planner_params(params), self.device)
         self._vocab_mask = jax.device_put(full_mask, self.device)
         self.dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[options.dtype]
+        # (full_trace, early_exit) -> compiled generate; serving uses (False, True).
         self._generate = {
-            trace: jax.jit(functools.partial(
+            mode: jax.jit(functools.partial(
                 _generate_impl, spec=self.spec, max_tokens=options.max_generation_tokens, dtype=self.dtype,
-                full_trace=trace,
+                full_trace=mode[0], early_exit=mode[1],
             ))
-            for trace in (False, True)
+            for mode in ((False, True), (False, False), (True, False))
         }
         self.compiled_buckets: set[int] = set()
 
@@ -282,8 +283,15 @@ class SubtaskPlanner:
     def prepare_observation(self, obs: Mapping[str, Any], prompt_format: str | None = None) -> PlannerInput:
         return self.prepare(obs.get("prompt", ""), extract_images(obs), prompt_format)
 
-    def run(self, prepared: Sequence[PlannerInput], *, full_trace: bool = False) -> dict[str, np.ndarray]:
-        """Model call(s) for many prepared inputs; ``full_trace`` runs every step and returns the logits."""
+    def run(
+        self, prepared: Sequence[PlannerInput], *, full_trace: bool = False, early_exit: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Model call(s) for many prepared inputs.
+
+        ``full_trace`` runs every step and also returns the per-step logits; ``early_exit=False`` runs every
+        step (benchmarks of the worst case). Both give the same tokens as the default.
+        """
+        mode = (True, False) if full_trace else (False, early_exit)
         pieces: list[dict[str, np.ndarray]] = []
         stacked = {
             "images": np.stack([p.images for p in prepared]),
@@ -295,7 +303,7 @@ class SubtaskPlanner:
             if bucket not in self.compiled_buckets:
                 logger.info("compiling planner for batch %d (not warmed up)", bucket)
             placed = jax.device_put(chunk, self.device)
-            out = self._generate[full_trace](
+            out = self._generate[mode](
                 self.params, placed["images"], placed["tokens"], placed["token_mask"], self._vocab_mask
             )
             self.compiled_buckets.add(bucket)
@@ -305,22 +313,22 @@ class SubtaskPlanner:
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.sp.decode([int(t) for t in ids if t not in (tokenizer.PAD_ID, tokenizer.EOS_ID)])
 
-    def generate_batch(self, prepared: Sequence[PlannerInput]) -> list[Subtask]:
+    def generate_batch(self, prepared: Sequence[PlannerInput], *, early_exit: bool = True) -> list[Subtask]:
         start = time.perf_counter()
-        out = self.run(prepared)
+        out = self.run(prepared, early_exit=early_exit)
         ms = (time.perf_counter() - start) * 1000.0
         return [Subtask(text=self.detokenize(row), token_ids=[int(t) for t in row], ms=ms) for row in out["buffer"]]
 
     def generate(self, task: str, images: Mapping[str, Any] | None = None, prompt_format: str | None = None) -> Subtask:
         return self.generate_batch([self.prepare(task, images, prompt_format)])[0]
 
-    def warmup(self) -> dict[int, float]:
-        """Compiles every bucket (the early-exit graph) with openpi-flash's warm-up prompt and no images."""
+    def warmup(self, *, early_exit: bool = True) -> dict[int, float]:
+        """Compiles every bucket with openpi-flash's warm-up prompt and no images."""
         example = self.prepare("warmup test prompt", None)
         seconds: dict[int, float] = {}
         for bucket in self.options.batch_buckets:
             start = time.perf_counter()
-            self.run([example] * bucket)
+            self.run([example] * bucket, early_exit=early_exit)
             seconds[bucket] = time.perf_counter() - start
             logger.info("planner warm-up batch %d: %.2f s", bucket, seconds[bucket])
         return seconds

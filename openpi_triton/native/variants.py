@@ -51,6 +51,9 @@ GEMMA_VARIANTS: dict[str, GemmaConfig] = {
 
 SIGLIP_VARIANTS: dict[str, SiglipConfig] = {
     "mu/14": SiglipConfig(width=32, depth=1, mlp_dim=128, num_heads=2),
+    # Not an openpi variant: mu with 56-pixel patches (16 tokens per image), used by the embedded default
+    # so that a CPU call stays in the tens of milliseconds.
+    "mu/56": SiglipConfig(width=32, depth=1, mlp_dim=128, num_heads=2, patch_size=56),
     "Ti/14": SiglipConfig(width=192, depth=12, mlp_dim=768, num_heads=3),
     "S/14": SiglipConfig(width=384, depth=12, mlp_dim=1536, num_heads=6),
     "B/14": SiglipConfig(width=768, depth=12, mlp_dim=3072, num_heads=12),
