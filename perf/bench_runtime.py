@@ -25,10 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from openpi_triton.native import checkpoint, random_init, tiny, tokenizer, variants  # noqa: E402
-from openpi_triton.native.configs import get_policy_config  # noqa: E402
-from openpi_triton.native.planner import PlannerOptions, SubtaskPlanner  # noqa: E402
-from openpi_triton.native.policy import NativePolicy, PolicyOptions  # noqa: E402
+from openpi_triton.native import checkpoint, random_init, tiny, tokenizer, variants
+from openpi_triton.native.configs import get_policy_config
+from openpi_triton.native.planner import PlannerOptions, SubtaskPlanner
+from openpi_triton.native.policy import NativePolicy, PolicyOptions
 
 SIZES = {
     "tiny": dict(paligemma="dummy", action_expert="dummy", siglip=tiny.TINY_SIGLIP, vocab_size=tiny.VOCAB_SIZE),
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     del params
 
     rng = np.random.default_rng(0)
-    observations = [config.embodiment.example(rng, "pick up the red cube and put it in the bowl") for _ in range(max(batch_sizes))]
+    observations = [
+        config.embodiment.example(rng, "pick up the red cube and put it in the bowl") for _ in range(max(batch_sizes))
+    ]
     rows = []
     for b in batch_sizes:
         row: dict[str, Any] = {"batch": b, "compile_s": round(compile_s[b], 2)}
@@ -110,9 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     by_batch = {r["batch"]: r for r in rows}
     print(f"\n{'batch':>5} {'compile s':>10} {'action ms':>10} {'ms/chunk':>9} {'subtask ms':>11}")
     for r in rows:
-        print(f"{r['batch']:>5} {r['compile_s']:>10} {r['action_ms']:>10} {r['action_ms'] / r['batch']:>9.2f} "
-              f"{r.get('subtask_ms', '-'):>11}")
-    summary: dict[str, Any] = {"device": str(policy.device), "dtype": dtype, "peak_memory_mb": round(peak, 1), "rows": rows}
+        print(
+            f"{r['batch']:>5} {r['compile_s']:>10} {r['action_ms']:>10} {r['action_ms'] / r['batch']:>9.2f} "
+            f"{r.get('subtask_ms', '-'):>11}"
+        )
+    summary: dict[str, Any] = {
+        "device": str(policy.device),
+        "dtype": dtype,
+        "peak_memory_mb": round(peak, 1),
+        "rows": rows,
+    }
     if 1 in by_batch and 8 in by_batch:
         summary["batch8_over_batch1"] = round(by_batch[8]["action_ms"] / by_batch[1]["action_ms"], 2)
         print(f"batch 8 / batch 1 cost per call: {summary['batch8_over_batch1']}")

@@ -29,8 +29,14 @@ from openpi_triton.native.planner import PlannerOptions, SubtaskPlanner
 from openpi_triton.native.policy import NativePolicy, PolicyOptions
 
 DEFAULT_TOLERANCES = {
-    "actions": 1e-4, "raw_actions": 1e-4, "batched_raw_actions": 1e-4, "model_inputs_state": 1e-5,
-    "model_inputs_images": 0, "tokenized_prompt": 0, "prefix_embeddings": 1e-4, "planner_argmax_ids": 0,
+    "actions": 1e-4,
+    "raw_actions": 1e-4,
+    "batched_raw_actions": 1e-4,
+    "model_inputs_state": 1e-5,
+    "model_inputs_images": 0,
+    "tokenized_prompt": 0,
+    "prefix_embeddings": 1e-4,
+    "planner_argmax_ids": 0,
     "planner_logits": 1e-3,
 }
 
@@ -102,13 +108,16 @@ def _check_observation(policy: NativePolicy, folder: pathlib.Path, result: CaseR
     noise = np.load(folder / "noise.npy")
     prepared = policy.prepare(obs, noise)
 
-    images_err = max(
-        _mismatches(prepared.images[i], expected_inputs["image"][k]) for i, k in enumerate(pi0.IMAGE_KEYS)
-    )
+    images_err = max(_mismatches(prepared.images[i], expected_inputs["image"][k]) for i, k in enumerate(pi0.IMAGE_KEYS))
     result.record("model_inputs_images", images_err)
-    result.record("image_masks", _mismatches(prepared.image_masks, [expected_inputs["image_mask"][k] for k in pi0.IMAGE_KEYS]))
-    result.record("tokenized_prompt", _mismatches(prepared.tokens, expected_inputs["tokenized_prompt"])
-                  + _mismatches(prepared.token_mask, expected_inputs["tokenized_prompt_mask"]))
+    result.record(
+        "image_masks", _mismatches(prepared.image_masks, [expected_inputs["image_mask"][k] for k in pi0.IMAGE_KEYS])
+    )
+    result.record(
+        "tokenized_prompt",
+        _mismatches(prepared.tokens, expected_inputs["tokenized_prompt"])
+        + _mismatches(prepared.token_mask, expected_inputs["tokenized_prompt_mask"]),
+    )
     padded = np.zeros(policy.config.action_dim)
     padded[: prepared.normalized_state.shape[-1]] = prepared.normalized_state
     result.record("model_inputs_state", _max_abs(padded, expected_inputs["state"]))
@@ -122,7 +131,9 @@ def _check_observation(policy: NativePolicy, folder: pathlib.Path, result: CaseR
 
     if "prefix" in inter:
         inputs = _model_inputs(prepared)
-        tokens, mask, out, _ = jax.jit(lambda p, i: pi0.prefix_pass(p, policy.spec, i, jnp.float32))(policy.params, inputs)
+        tokens, mask, out, _ = jax.jit(lambda p, i: pi0.prefix_pass(p, policy.spec, i, jnp.float32))(
+            policy.params, inputs
+        )
         result.record("prefix_embeddings", _max_abs(np.asarray(tokens[0]), inter["prefix"]["embeddings"]))
         result.record("prefix_embeddings", _max_abs(np.asarray(out[0]), inter["prefix"]["llm_output"]))
         result.record("prefix_mask", _mismatches(np.asarray(mask[0]), inter["prefix"]["input_mask"]))
@@ -161,7 +172,9 @@ def _check_planner(params: Any, sp: Any, folder: pathlib.Path, result: CaseResul
         result.record("planner_argmax_ids", _mismatches(np.argmax(masked, axis=-1), trace["argmax_ids"]))
         result.record("planner_argmax_ids", _mismatches(out["buffer"][0], trace["token_buffer"]))
         if planner.detokenize(out["buffer"][0]) != trace["text"]:
-            result.fail(f"planner text of {example.name}: {planner.detokenize(out['buffer'][0])!r} != {trace['text']!r}")
+            result.fail(
+                f"planner text of {example.name}: {planner.detokenize(out['buffer'][0])!r} != {trace['text']!r}"
+            )
     # Batched with early exit must give the same text as the full-length single runs.
     for example, subtask in zip(examples, planner.generate_batch(prepared), strict=True):
         if subtask.text != load_tree(example, "trace")["text"]:
@@ -217,7 +230,10 @@ def _tolerance_failures(result: CaseResult, tolerances: dict[str, Any]) -> list[
 
 def run(root: pathlib.Path, only: list[str] | None = None) -> int:
     manifest = json.loads((root / "manifest.json").read_text())
-    tolerances = {**DEFAULT_TOLERANCES, **{k: v for k, v in manifest.get("tolerances", {}).items() if k != "description"}}
+    tolerances = {
+        **DEFAULT_TOLERANCES,
+        **{k: v for k, v in manifest.get("tolerances", {}).items() if k != "description"},
+    }
     sp_path = root / manifest.get("tokenizer", {}).get("file", "tokenizer.model")
     cases = [c for c in manifest["cases"] if not only or c["case"] in only]
     if not cases:

@@ -101,6 +101,7 @@ def load_norm_stats(checkpoint_dir: str | pathlib.Path, asset_id: str) -> dict[s
     stats = raw.get("norm_stats", raw)
     result: dict[str, NormStats] = {}
     for key, entry in stats.items():
+
         def vec(name: str, entry: dict = entry, key: str = key) -> np.ndarray | None:
             if entry.get(name) is None:
                 return None

@@ -62,22 +62,36 @@ def _aloha(name: str, pi05: bool, **kw: Any) -> PolicyConfig:
     kw.setdefault("asset_id", "trossen")
     kw.setdefault("delta_action_mask", ALOHA_DELTA_MASK)
     return PolicyConfig(
-        name=name, pi05=pi05, embodiment_name="aloha", action_horizon=50,
-        max_token_len=200 if pi05 else 48, **kw,
+        name=name,
+        pi05=pi05,
+        embodiment_name="aloha",
+        action_horizon=50,
+        max_token_len=200 if pi05 else 48,
+        **kw,
     )
 
 
 def _libero(name: str, pi05: bool, horizon: int, **kw: Any) -> PolicyConfig:
     return PolicyConfig(
-        name=name, pi05=pi05, embodiment_name="libero", asset_id="physical-intelligence/libero",
-        action_horizon=horizon, max_token_len=200 if pi05 else 48, **kw,
+        name=name,
+        pi05=pi05,
+        embodiment_name="libero",
+        asset_id="physical-intelligence/libero",
+        action_horizon=horizon,
+        max_token_len=200 if pi05 else 48,
+        **kw,
     )
 
 
 def _droid(name: str, pi05: bool, horizon: int, **kw: Any) -> PolicyConfig:
     return PolicyConfig(
-        name=name, pi05=pi05, embodiment_name="droid", asset_id="droid",
-        action_horizon=horizon, max_token_len=200 if pi05 else 48, **kw,
+        name=name,
+        pi05=pi05,
+        embodiment_name="droid",
+        asset_id="droid",
+        action_horizon=horizon,
+        max_token_len=200 if pi05 else 48,
+        **kw,
     )
 
 
@@ -90,14 +104,19 @@ POLICY_CONFIGS: dict[str, PolicyConfig] = {
         _aloha("pi05_aloha", True, metadata=_RESET),
         _aloha("pi0_aloha_towel", False, default_prompt="fold the towel", metadata=_RESET),
         _aloha(
-            "pi0_aloha_tupperware", False,
-            default_prompt="open the tupperware and put the food on the plate", metadata=_RESET,
+            "pi0_aloha_tupperware",
+            False,
+            default_prompt="open the tupperware and put the food on the plate",
+            metadata=_RESET,
         ),
         _aloha("pi0_aloha_pen_uncap", False, default_prompt="uncap the pen"),
         _aloha("pi05_aloha_pen_uncap", True, default_prompt="uncap the pen"),
         _aloha(
-            "pi0_aloha_sim", False, asset_id="lerobot/aloha_sim_transfer_cube_human",
-            default_prompt="Transfer cube", delta_action_mask=None,
+            "pi0_aloha_sim",
+            False,
+            asset_id="lerobot/aloha_sim_transfer_cube_human",
+            default_prompt="Transfer cube",
+            delta_action_mask=None,
         ),
         _droid("pi0_droid", False, 10),
         _droid("pi05_droid", True, 15),

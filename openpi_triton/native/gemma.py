@@ -31,9 +31,7 @@ def _suffix(expert: int) -> str:
     return "" if expert == 0 else f"_{expert}"
 
 
-def rms_norm(
-    x: jax.Array, params: Params, cond: jax.Array | None
-) -> tuple[jax.Array, jax.Array | None]:
+def rms_norm(x: jax.Array, params: Params, cond: jax.Array | None) -> tuple[jax.Array, jax.Array | None]:
     """RMSNorm (variance in float32); with ``cond`` it is adaRMSNorm and also returns the residual gate."""
     dtype = x.dtype
     var = jnp.mean(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True)

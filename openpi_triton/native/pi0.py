@@ -139,8 +139,14 @@ def sample_actions(
         full_attn = jnp.concatenate([prefix_attn, suffix_attn], axis=-1)
         positions = jnp.sum(prefix_mask, axis=-1)[:, None] + jnp.cumsum(suffix_mask, axis=-1) - 1
         (_, suffix_out), _ = gemma.transformer(
-            llm, spec.llm, [None, suffix], positions, full_attn,
-            adarms_cond=[None, adarms_cond], kv_cache=kv_cache, dtype=dtype,
+            llm,
+            spec.llm,
+            [None, suffix],
+            positions,
+            full_attn,
+            adarms_cond=[None, adarms_cond],
+            kv_cache=kv_cache,
+            dtype=dtype,
         )
         v_t = _linear(suffix_out[:, -horizon:], params["action_out_proj"])
         return (x_t + dt * v_t).astype(jnp.float32), time + dt

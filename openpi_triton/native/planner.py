@@ -37,8 +37,11 @@ MASKED_LOGIT = -1e9
 CAMERA_NAME_MAPPINGS: dict[str, dict[str, str]] = {
     "aloha": {"cam_high": "base_0_rgb", "cam_left_wrist": "left_wrist_0_rgb", "cam_right_wrist": "right_wrist_0_rgb"},
     "droid": {"observation/exterior_image_1_left": "base_0_rgb", "observation/wrist_image_left": "left_wrist_0_rgb"},
-    "galaxea_r1": {"head_camera": "base_0_rgb", "left_wrist_camera": "left_wrist_0_rgb",
-                   "right_wrist_camera": "right_wrist_0_rgb"},
+    "galaxea_r1": {
+        "head_camera": "base_0_rgb",
+        "left_wrist_camera": "left_wrist_0_rgb",
+        "right_wrist_camera": "right_wrist_0_rgb",
+    },
 }
 
 
@@ -51,7 +54,9 @@ def validate_prompt_format(prompt_format: Any, field: str = "generation_prompt_f
     try:
         prompt_format.format(task="x")
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"'{field}': invalid format string {prompt_format!r} ({exc}); only {{task}} is allowed") from None
+        raise ValueError(
+            f"'{field}': invalid format string {prompt_format!r} ({exc}); only {{task}} is allowed"
+        ) from None
     return prompt_format
 
 
@@ -160,13 +165,25 @@ class Subtask:
 
 
 def _generate_impl(
-    params: Any, images: jax.Array, tokens: jax.Array, token_mask: jax.Array, vocab_mask: jax.Array, *,
-    spec: ModelSpec, max_tokens: int, dtype: Any, full_trace: bool, early_exit: bool,
+    params: Any,
+    images: jax.Array,
+    tokens: jax.Array,
+    token_mask: jax.Array,
+    vocab_mask: jax.Array,
+    *,
+    spec: ModelSpec,
+    max_tokens: int,
+    dtype: Any,
+    full_trace: bool,
+    early_exit: bool,
 ) -> dict[str, jax.Array]:
     batch = tokens.shape[0]
     inputs = pi0.ModelInputs(
-        images=images, image_masks=jnp.ones((batch, images.shape[1]), dtype=jnp.bool_),
-        state=jnp.zeros((batch, spec.action_dim), jnp.float32), tokens=tokens, token_mask=token_mask,
+        images=images,
+        image_masks=jnp.ones((batch, images.shape[1]), dtype=jnp.bool_),
+        state=jnp.zeros((batch, spec.action_dim), jnp.float32),
+        tokens=tokens,
+        token_mask=token_mask,
     )
     _, prefix_mask, hidden, (cache_k, cache_v) = pi0.prefix_pass(params, spec, inputs, dtype)
     prefix_len = prefix_mask.shape[1]
@@ -187,12 +204,21 @@ def _generate_impl(
         embedded = gemma.embed_tokens(llm, token[:, None], dtype)
         mask = jnp.concatenate([prefix_mask, jnp.broadcast_to(slots[None, :] <= s, (batch, max_tokens))], axis=1)
         (out, _), new_cache = gemma.transformer(
-            llm, spec.llm, [embedded, None], (last_position + 1 + s)[:, None], mask[:, None, :],
-            kv_cache=carry["cache"], write_index=prefix_len + s, dtype=dtype,
+            llm,
+            spec.llm,
+            [embedded, None],
+            (last_position + 1 + s)[:, None],
+            mask[:, None, :],
+            kv_cache=carry["cache"],
+            write_index=prefix_len + s,
+            dtype=dtype,
         )
         result = {
-            "step": s + 1, "logits": gemma.logits_from_hidden(llm, out[:, -1]), "buffer": buffer,
-            "done": done, "cache": new_cache,
+            "step": s + 1,
+            "logits": gemma.logits_from_hidden(llm, out[:, -1]),
+            "buffer": buffer,
+            "done": done,
+            "cache": new_cache,
         }
         if full_trace:
             result["trace"] = carry["trace"].at[:, s].set(logits)
@@ -203,8 +229,11 @@ def _generate_impl(
         return running & ~jnp.all(carry["done"]) if early_exit else running
 
     init: dict[str, Any] = {
-        "step": jnp.int32(0), "logits": first_logits, "buffer": jnp.zeros((batch, max_tokens), jnp.int32),
-        "done": jnp.zeros((batch,), jnp.bool_), "cache": cache,
+        "step": jnp.int32(0),
+        "logits": first_logits,
+        "buffer": jnp.zeros((batch, max_tokens), jnp.int32),
+        "done": jnp.zeros((batch,), jnp.bool_),
+        "cache": cache,
     }
     if full_trace:
         init["trace"] = jnp.zeros((batch, max_tokens, first_logits.shape[-1]), jnp.float32)
@@ -234,9 +263,7 @@ class SubtaskPlanner:
         self.options = options
         self.sp = sp
         if sp.vocab_size() > self.spec.vocab_size:
-            raise ValueError(
-                f"tokenizer has {sp.vocab_size()} pieces but the checkpoint embeds {self.spec.vocab_size}"
-            )
+            raise ValueError(f"tokenizer has {sp.vocab_size()} pieces but the checkpoint embeds {self.spec.vocab_size}")
         self.vocab_mask = build_vocab_mask(sp)
         logger.info("planner vocabulary mask: %d/%d tokens allowed", int(self.vocab_mask.sum()), self.vocab_mask.size)
         full_mask = np.zeros(self.spec.vocab_size, dtype=bool)
@@ -247,10 +274,16 @@ class SubtaskPlanner:
         self.dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[options.dtype]
         # (full_trace, early_exit) -> compiled generate; serving uses (False, True).
         self._generate = {
-            mode: jax.jit(functools.partial(
-                _generate_impl, spec=self.spec, max_tokens=options.max_generation_tokens, dtype=self.dtype,
-                full_trace=mode[0], early_exit=mode[1],
-            ))
+            mode: jax.jit(
+                functools.partial(
+                    _generate_impl,
+                    spec=self.spec,
+                    max_tokens=options.max_generation_tokens,
+                    dtype=self.dtype,
+                    full_trace=mode[0],
+                    early_exit=mode[1],
+                )
+            )
             for mode in ((False, True), (False, False), (True, False))
         }
         self.compiled_buckets: set[int] = set()
@@ -263,7 +296,11 @@ class SubtaskPlanner:
             task = task.decode("utf-8", errors="strict")
         if not isinstance(task, str):
             raise ValueError(f"'prompt': expected a string, got {type(task).__name__}")
-        fmt = validate_prompt_format(prompt_format) if prompt_format is not None else self.options.generation_prompt_format
+        fmt = (
+            validate_prompt_format(prompt_format)
+            if prompt_format is not None
+            else self.options.generation_prompt_format
+        )
         text = fmt.format(task=clean_task(task))
         ids = self.sp.encode(text, add_bos=True)[:PLANNER_MAX_LEN]
         tokens = np.zeros(PLANNER_MAX_LEN, np.int32)

@@ -80,7 +80,9 @@ class NativePolicy:
         self.spec: ModelSpec = infer_spec(params)
         if self.spec.pi05 != config.pi05:
             kind = "pi0.5" if self.spec.pi05 else "pi0"
-            raise ValueError(f"model_config_name {config.name!r} expects {config.model_type} but the checkpoint is {kind}")
+            raise ValueError(
+                f"model_config_name {config.name!r} expects {config.model_type} but the checkpoint is {kind}"
+            )
         if self.spec.action_dim != config.action_dim:
             raise ValueError(f"checkpoint action_dim {self.spec.action_dim} != config action_dim {config.action_dim}")
         for key in ("state", "actions"):
@@ -126,18 +128,29 @@ class NativePolicy:
         frame = self.config.embodiment.inputs(obs)
         prompt = frame.prompt
         if prompt is None:
-            prompt = self.options.default_prompt if self.options.default_prompt is not None else self.config.default_prompt
+            prompt = (
+                self.options.default_prompt if self.options.default_prompt is not None else self.config.default_prompt
+            )
         if prompt is None:
             raise ValueError("'prompt': required (a string); this model has no default prompt")
-        normalized = normalize.normalize(frame.state, self.norm_stats["state"], use_quantiles=self.config.use_quantile_norm)
+        normalized = normalize.normalize(
+            frame.state, self.norm_stats["state"], use_quantiles=self.config.use_quantile_norm
+        )
         tokens, token_mask = self.tokenizer.tokenize(prompt, normalized if self.config.uses_discrete_state else None)
-        images = np.stack([resize_with_pad(frame.images[k], MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE) for k in pi0.IMAGE_KEYS])
+        images = np.stack(
+            [resize_with_pad(frame.images[k], MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE) for k in pi0.IMAGE_KEYS]
+        )
         masks = np.asarray([frame.image_masks[k] for k in pi0.IMAGE_KEYS], dtype=bool)
         padded = np.zeros(self.config.action_dim, dtype=normalized.dtype)
         padded[: normalized.shape[-1]] = normalized
         return PreparedObservation(
-            frame=frame, normalized_state=normalized, images=images, image_masks=masks,
-            state=padded.astype(np.float32), tokens=tokens, token_mask=token_mask,
+            frame=frame,
+            normalized_state=normalized,
+            images=images,
+            image_masks=masks,
+            state=padded.astype(np.float32),
+            tokens=tokens,
+            token_mask=token_mask,
             noise=self.check_noise(noise),
         )
 
@@ -229,8 +242,7 @@ class NativePolicy:
         raw = self.sample(prepared)
         infer_ms = (time.perf_counter() - start) * 1000.0
         return [
-            {"actions": self.finish(p, raw[i]), "policy_timing": {"infer_ms": infer_ms}}
-            for i, p in enumerate(prepared)
+            {"actions": self.finish(p, raw[i]), "policy_timing": {"infer_ms": infer_ms}} for i, p in enumerate(prepared)
         ]
 
     def infer(self, obs: Mapping[str, Any], noise: Any = None) -> dict[str, Any]:
@@ -239,8 +251,10 @@ class NativePolicy:
     def warmup(self) -> dict[int, float]:
         """Compiles every batch bucket (seconds per bucket); serving never compiles after this."""
         rng = np.random.default_rng(0)
-        example = self.prepare(self.config.embodiment.example(rng), np.zeros(
-            (self.config.action_horizon, self.config.action_dim), np.float32))
+        example = self.prepare(
+            self.config.embodiment.example(rng),
+            np.zeros((self.config.action_horizon, self.config.action_dim), np.float32),
+        )
         seconds: dict[int, float] = {}
         for bucket in self.options.batch_buckets:
             start = time.perf_counter()

@@ -74,22 +74,36 @@ def random_params(spec: ModelSpec, seed: int = 0, dtype: Any = jnp.float32) -> d
         "pos_embedding": _normal(keys, (1, s.tokens_per_image, s.width), s.width**-0.5, dtype),
         "Transformer": {
             "encoderblock": {
-                "LayerNorm_0": {"scale": 1 + _normal(keys, (*d, s.width), 0.1, dtype),
-                                "bias": _normal(keys, (*d, s.width), 0.02, dtype)},
-                "LayerNorm_1": {"scale": 1 + _normal(keys, (*d, s.width), 0.1, dtype),
-                                "bias": _normal(keys, (*d, s.width), 0.02, dtype)},
-                "MlpBlock_0": {"Dense_0": _dense(keys, s.width, s.mlp_dim, dtype, d),
-                               "Dense_1": _dense(keys, s.mlp_dim, s.width, dtype, d)},
+                "LayerNorm_0": {
+                    "scale": 1 + _normal(keys, (*d, s.width), 0.1, dtype),
+                    "bias": _normal(keys, (*d, s.width), 0.02, dtype),
+                },
+                "LayerNorm_1": {
+                    "scale": 1 + _normal(keys, (*d, s.width), 0.1, dtype),
+                    "bias": _normal(keys, (*d, s.width), 0.02, dtype),
+                },
+                "MlpBlock_0": {
+                    "Dense_0": _dense(keys, s.width, s.mlp_dim, dtype, d),
+                    "Dense_1": _dense(keys, s.mlp_dim, s.width, dtype, d),
+                },
                 "MultiHeadDotProductAttention_0": {
-                    **{name: {"kernel": _normal(keys, (*d, s.width, s.num_heads, s.head_dim), s.width**-0.5, dtype),
-                              "bias": _normal(keys, (*d, s.num_heads, s.head_dim), 0.02, dtype)}
-                       for name in ("query", "key", "value")},
-                    "out": {"kernel": _normal(keys, (*d, s.num_heads, s.head_dim, s.width), s.width**-0.5, dtype),
-                            "bias": _normal(keys, (*d, s.width), 0.02, dtype)},
+                    **{
+                        name: {
+                            "kernel": _normal(keys, (*d, s.width, s.num_heads, s.head_dim), s.width**-0.5, dtype),
+                            "bias": _normal(keys, (*d, s.num_heads, s.head_dim), 0.02, dtype),
+                        }
+                        for name in ("query", "key", "value")
+                    },
+                    "out": {
+                        "kernel": _normal(keys, (*d, s.num_heads, s.head_dim, s.width), s.width**-0.5, dtype),
+                        "bias": _normal(keys, (*d, s.width), 0.02, dtype),
+                    },
                 },
             },
-            "encoder_norm": {"scale": 1 + _normal(keys, (s.width,), 0.1, dtype),
-                             "bias": _normal(keys, (s.width,), 0.02, dtype)},
+            "encoder_norm": {
+                "scale": 1 + _normal(keys, (s.width,), 0.1, dtype),
+                "bias": _normal(keys, (s.width,), 0.02, dtype),
+            },
         },
         "head": _dense(keys, s.width, spec.llm.width, dtype),
     }

@@ -1,4 +1,4 @@
-"""SigLIP ViT image encoder as openpi uses it: patch conv + learned posemb (float32), pre-LN blocks, head to the LLM width."""
+"""SigLIP ViT image encoder as openpi uses it: patch conv + learned posemb (float32), pre-LN blocks, head."""
 
 from __future__ import annotations
 

@@ -97,10 +97,14 @@ def train_tokenizer(path: pathlib.Path, seed: int = SEED) -> None:
         model_writer=model,
         vocab_size=VOCAB_SIZE,
         model_type="bpe",
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
         byte_fallback=False,
         normalization_rule_name="identity",
         add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
         split_digits=True,
         character_coverage=1.0,
         num_threads=1,
@@ -170,11 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rebuild even if complete")
     args = parser.parse_args(argv)
     built = ensure_embedded_default(args.out, force=args.force)
-    print(json.dumps({
-        "model_config_name": built.config_name,
-        "checkpoint_dir": str(built.checkpoint_dir),
-        "tokenizer_path": str(built.tokenizer_path),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "model_config_name": built.config_name,
+                "checkpoint_dir": str(built.checkpoint_dir),
+                "tokenizer_path": str(built.tokenizer_path),
+            },
+            indent=1,
+        )
+    )
     return 0
 
 

@@ -87,8 +87,13 @@ class ModelSpec:
 
 
 def named_spec(
-    *, paligemma: str = "gemma_2b", action_expert: str = "gemma_300m", siglip: str = "So400m/14",
-    vocab_size: int = PALIGEMMA_VOCAB_SIZE, action_dim: int = 32, pi05: bool = True,
+    *,
+    paligemma: str = "gemma_2b",
+    action_expert: str = "gemma_300m",
+    siglip: str = "So400m/14",
+    vocab_size: int = PALIGEMMA_VOCAB_SIZE,
+    action_dim: int = 32,
+    pi05: bool = True,
 ) -> ModelSpec:
     """A spec from openpi's variant names (used to build random-weight models of a known size)."""
     for name, table in (("paligemma", GEMMA_VARIANTS), ("action_expert", GEMMA_VARIANTS), ("siglip", SIGLIP_VARIANTS)):
@@ -96,8 +101,12 @@ def named_spec(
         if value not in table:
             raise ValueError(f"unknown {name} variant {value!r}; expected one of {sorted(table)}")
     return ModelSpec(
-        siglip=SIGLIP_VARIANTS[siglip], llm=GEMMA_VARIANTS[paligemma], expert=GEMMA_VARIANTS[action_expert],
-        vocab_size=vocab_size, action_dim=action_dim, pi05=pi05,
+        siglip=SIGLIP_VARIANTS[siglip],
+        llm=GEMMA_VARIANTS[paligemma],
+        expert=GEMMA_VARIANTS[action_expert],
+        vocab_size=vocab_size,
+        action_dim=action_dim,
+        pi05=pi05,
     )
 
 
@@ -131,22 +140,28 @@ def infer_spec(params: Mapping[str, Any]) -> ModelSpec:
     layers = params["PaliGemma"]["llm"]["layers"]
     pi05 = "time_mlp_in" in params
     expert_norm = layers["pre_attention_norm_1"]
-    expert_width = expert_norm["Dense_0"]["kernel"].shape[1] if "Dense_0" in expert_norm else expert_norm["scale"].shape[1]
+    expert_width = (
+        expert_norm["Dense_0"]["kernel"].shape[1] if "Dense_0" in expert_norm else expert_norm["scale"].shape[1]
+    )
     vocab_size, _ = _shape(params, "PaliGemma/llm/embedder/input_embedding")
     patch, _, _, siglip_width = _shape(params, "PaliGemma/img/embedding/kernel")
     siglip_depth, _, siglip_mlp = _shape(params, "PaliGemma/img/Transformer/encoderblock/MlpBlock_0/Dense_0/kernel")
-    siglip_heads = _shape(
-        params, "PaliGemma/img/Transformer/encoderblock/MultiHeadDotProductAttention_0/query/kernel"
-    )[2]
+    siglip_heads = _shape(params, "PaliGemma/img/Transformer/encoderblock/MultiHeadDotProductAttention_0/query/kernel")[
+        2
+    ]
     num_pos = _shape(params, "PaliGemma/img/pos_embedding")[1]
     action_dim = _shape(params, "action_in_proj/kernel")[0]
-    side = int(round(num_pos**0.5))
+    side = round(num_pos**0.5)
     if side * side != num_pos:
         raise ValueError(f"SigLIP pos_embedding has {num_pos} positions, not a square grid")
     spec = ModelSpec(
         siglip=SiglipConfig(
-            width=siglip_width, depth=siglip_depth, mlp_dim=siglip_mlp, num_heads=siglip_heads,
-            patch_size=patch, image_size=side * patch,
+            width=siglip_width,
+            depth=siglip_depth,
+            mlp_dim=siglip_mlp,
+            num_heads=siglip_heads,
+            patch_size=patch,
+            image_size=side * patch,
         ),
         llm=_gemma_from_params(layers, "", llm_width),
         expert=_gemma_from_params(layers, "_1", expert_width),

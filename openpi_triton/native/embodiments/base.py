@@ -44,7 +44,9 @@ class ImageField:
 
     def spec(self) -> dict[str, Any]:
         """openpi-flash's ``image_specs`` entry: the shape robots should pre-resize to."""
-        shape = [3, MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE] if self.layout == "CHW" else [MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE, 3]
+        shape = (
+            [3, MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE] if self.layout == "CHW" else [MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE, 3]
+        )
         return {"path": list(self.path), "target_shape": shape, "dtype": "uint8"}
 
 
@@ -86,7 +88,9 @@ def parse_image(value: Any, field: ImageField) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         raise ValueError(f"image '{field.name}': expected a numpy array {field.describe()}, got {type(value).__name__}")
     if value.ndim != 3:
-        raise ValueError(f"image '{field.name}': expected 3 dimensions {field.describe()}, got shape {list(value.shape)}")
+        raise ValueError(
+            f"image '{field.name}': expected 3 dimensions {field.describe()}, got shape {list(value.shape)}"
+        )
     if value.dtype != np.uint8 and not np.issubdtype(value.dtype, np.floating):
         raise ValueError(f"image '{field.name}': expected dtype uint8 or float, got {value.dtype}")
     if np.issubdtype(value.dtype, np.floating):
@@ -97,7 +101,9 @@ def parse_image(value: Any, field: ImageField) -> np.ndarray:
             )
     chw = value.shape[0] == 3 and (field.layout == "CHW" or not field.strict_layout)
     if field.layout == "CHW" and field.strict_layout and value.shape[0] != 3:
-        raise ValueError(f"image '{field.name}': expected channels first {field.describe()}, got shape {list(value.shape)}")
+        raise ValueError(
+            f"image '{field.name}': expected channels first {field.describe()}, got shape {list(value.shape)}"
+        )
     if not chw and value.shape[2] != 3:
         raise ValueError(f"image '{field.name}': expected {field.describe()}, got shape {list(value.shape)}")
     if min(value.shape) < 1:
@@ -113,7 +119,9 @@ def parse_state(value: Any, field: StateField) -> np.ndarray:
     if value is None:
         raise ValueError(f"observation is missing '{field.name}': expected float [{field.width}]")
     array = np.asarray(value)
-    if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+    if array.dtype == np.bool_ or not (
+        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+    ):
         raise ValueError(f"'{field.name}': expected float [{field.width}], got dtype {array.dtype}")
     if array.ndim == 0 and field.allow_scalar and field.width == 1:
         array = array[np.newaxis]
@@ -169,7 +177,9 @@ class Embodiment:
             value = lookup(obs, field.path)
             if value is None:
                 if field.required:
-                    raise ValueError(f"observation is missing required image '{field.name}': expected {field.describe()}")
+                    raise ValueError(
+                        f"observation is missing required image '{field.name}': expected {field.describe()}"
+                    )
                 continue
             parsed = parse_image(value, field)
             if field.slot is not None:
@@ -212,7 +222,11 @@ class Embodiment:
         """A valid random observation (warm-up, benchmarks, tests), with every camera present."""
         obs: dict[str, Any] = {}
         for f in self.image_fields:
-            shape = (3, MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE) if f.layout == "CHW" else (MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE, 3)
+            shape = (
+                (3, MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE)
+                if f.layout == "CHW"
+                else (MODEL_IMAGE_SIZE, MODEL_IMAGE_SIZE, 3)
+            )
             _set(obs, f.path, rng.integers(0, 256, size=shape, dtype=np.uint8))
         for s in self.state_fields:
             _set(obs, s.path, rng.uniform(-1.0, 1.0, size=(s.width,)))

@@ -12,8 +12,12 @@ from openpi_triton.native.embodiments.base import Embodiment, ImageField, StateF
 class Droid(Embodiment):
     name = "droid"
     image_fields = (
-        ImageField(("observation/exterior_image_1_left",), "base_0_rgb", required=True, layout="HWC", strict_layout=False),
-        ImageField(("observation/wrist_image_left",), "left_wrist_0_rgb", required=True, layout="HWC", strict_layout=False),
+        ImageField(
+            ("observation/exterior_image_1_left",), "base_0_rgb", required=True, layout="HWC", strict_layout=False
+        ),
+        ImageField(
+            ("observation/wrist_image_left",), "left_wrist_0_rgb", required=True, layout="HWC", strict_layout=False
+        ),
     )
     state_fields = (
         StateField(("observation/joint_position",), 7),

@@ -1,0 +1,45 @@
+# openpi-triton. Newcomers need two targets: `make serve` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+GOLDEN ?= ../shared/golden
+
+.PHONY: venv lint test golden-check default-model bench serve clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+# All tests: lint, unit tests, the golden vectors in $(GOLDEN) through the real golden-check CLI.
+test: venv lint
+	$(PY) -m pytest
+
+# Every case of a golden-format folder against the native runtime; non-zero exit if outside tolerance.
+golden-check: venv
+	$(PY) -m openpi_triton.golden.check $(GOLDEN)
+
+# Builds the embedded default model (tiny random pi0.5 ALOHA) into ~/.cache/openpi-triton/default.
+default-model: venv
+	$(PY) -m openpi_triton.native.tiny
+
+# Native runtime benchmark; SIZE=tiny|full, or CHECKPOINT=<dir> CONFIG=<openpi config name>.
+SIZE ?= tiny
+bench: venv
+	$(PY) perf/bench_runtime.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT) --config $(or $(CONFIG),pi05_aloha),--size $(SIZE))
+
+# The Triton stack (model repository, bridge, QUIC sidecar) lands with issues #3-#5; until then this
+# prepares the embedded default and says so instead of pretending to serve.
+serve: default-model
+	@echo "make serve: the Triton model repository is not built yet (issue #3); the native runtime and" >&2
+	@echo "its embedded default are ready: see README 'Native runtime'." >&2
+	@exit 1
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
