@@ -9,13 +9,18 @@ import numpy as np
 
 def parse_buckets(value: str | Sequence[int]) -> tuple[int, ...]:
     """``"1,2,4,8"`` or ``[1, 2, 4, 8]`` -> sorted unique positive sizes; anything else is a ``ValueError``."""
-    items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
-    try:
-        sizes = sorted({int(v) for v in items})
-    except (TypeError, ValueError):
-        raise ValueError(f"batch buckets: expected comma-separated positive integers, got {value!r}") from None
+    error = f"batch buckets: expected comma-separated positive integers, got {value!r}"
+    if isinstance(value, str):
+        items: list[object] = [v.strip() for v in value.split(",") if v.strip()]
+        if not all(isinstance(v, str) and v.isdigit() for v in items):
+            raise ValueError(error)
+        sizes = sorted({int(str(v)) for v in items})
+    elif isinstance(value, Sequence) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        sizes = sorted(set(value))
+    else:
+        raise ValueError(error)
     if not sizes or sizes[0] < 1:
-        raise ValueError(f"batch buckets: expected comma-separated positive integers, got {value!r}")
+        raise ValueError(error)
     return tuple(sizes)
 
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from openpi_triton.native import batching, checkpoint, gemma, pi0, tokenizer
+from openpi_triton.native.embodiments.base import parse_prompt
 from openpi_triton.native.variants import ModelSpec, infer_spec
 
 logger = logging.getLogger(__name__)
@@ -290,12 +291,7 @@ class SubtaskPlanner:
 
     def prepare(self, task: Any, images: Mapping[str, Any] | None, prompt_format: str | None = None) -> PlannerInput:
         """One request: task text, robot cameras (any of the mapped names), optional per-call prompt format."""
-        if task is None:
-            task = ""
-        if isinstance(task, bytes):
-            task = task.decode("utf-8", errors="strict")
-        if not isinstance(task, str):
-            raise ValueError(f"'prompt': expected a string, got {type(task).__name__}")
+        task = parse_prompt(task) or ""
         fmt = (
             validate_prompt_format(prompt_format)
             if prompt_format is not None

@@ -44,7 +44,7 @@ class PolicyOptions:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.num_steps, int) or self.num_steps < 1:
+        if not isinstance(self.num_steps, int) or isinstance(self.num_steps, bool) or self.num_steps < 1:
             raise ValueError(f"num_steps: expected a positive integer, got {self.num_steps!r}")
         object.__setattr__(self, "batch_buckets", batching.parse_buckets(self.batch_buckets))
 
@@ -157,14 +157,19 @@ class NativePolicy:
     def check_noise(self, noise: Any) -> np.ndarray | None:
         if noise is None:
             return None
-        array = np.asarray(noise)
+        expected = (self.config.action_horizon, self.config.action_dim)
+        try:
+            array = np.asarray(noise)
+        except ValueError:
+            raise ValueError(f"'noise': expected float32 {list(expected)}, got a ragged sequence") from None
         expected = (self.config.action_horizon, self.config.action_dim)
         if array.ndim == 3 and array.shape[0] == 1:
             array = array[0]
         if array.shape != expected or not np.issubdtype(array.dtype, np.floating):
             raise ValueError(f"'noise': expected float32 {list(expected)}, got {array.dtype} {list(array.shape)}")
         if not np.all(np.isfinite(array)):
-            raise ValueError("'noise': values must be finite")
+            bad = int(np.sum(~np.isfinite(array)))
+            raise ValueError(f"'noise': values must be finite, got {bad} NaN/inf of {array.size}")
         return array.astype(np.float32)
 
     def _draw_noise(self) -> np.ndarray:

@@ -94,10 +94,13 @@ def parse_image(value: Any, field: ImageField) -> np.ndarray:
     if value.dtype != np.uint8 and not np.issubdtype(value.dtype, np.floating):
         raise ValueError(f"image '{field.name}': expected dtype uint8 or float, got {value.dtype}")
     if np.issubdtype(value.dtype, np.floating):
-        if not np.all(np.isfinite(value)) or value.min(initial=0.0) < 0.0 or value.max(initial=0.0) > 1.0:
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"image '{field.name}': float images must hold finite values in [0, 1], got NaN or inf")
+        low, high = float(value.min(initial=0.0)), float(value.max(initial=0.0))
+        if low < 0.0 or high > 1.0:
             raise ValueError(
-                f"image '{field.name}': float images must hold values in [0, 1], got range "
-                f"[{float(np.nanmin(value))}, {float(np.nanmax(value))}]; send uint8 for 0..255 data"
+                f"image '{field.name}': float images must hold values in [0, 1], got range [{low}, {high}]; "
+                "send uint8 for 0..255 data"
             )
     chw = value.shape[0] == 3 and (field.layout == "CHW" or not field.strict_layout)
     if field.layout == "CHW" and field.strict_layout and value.shape[0] != 3:
@@ -118,7 +121,10 @@ def parse_state(value: Any, field: StateField) -> np.ndarray:
     """Validates a numeric vector of the declared width (finite values)."""
     if value is None:
         raise ValueError(f"observation is missing '{field.name}': expected float [{field.width}]")
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        raise ValueError(f"'{field.name}': expected float [{field.width}], got a ragged sequence") from None
     if array.dtype == np.bool_ or not (
         np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
     ):
@@ -202,7 +208,7 @@ class Embodiment:
         if not isinstance(container, Mapping):
             raise ValueError(f"'{'/'.join(self.closed_image_dict)}': expected a dict of camera images")
         known = {f.path[-1] for f in self.image_fields if f.path[:-1] == self.closed_image_dict}
-        unknown = sorted(set(container) - known)
+        unknown = sorted(str(k) for k in set(container) - known)
         if unknown:
             raise ValueError(
                 f"'{'/'.join(self.closed_image_dict)}': unknown cameras {unknown}; expected a subset of {sorted(known)}"
