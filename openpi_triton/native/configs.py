@@ -58,41 +58,30 @@ class PolicyConfig:
         return "pi05" if self.pi05 else "pi0"
 
 
+# Per embodiment: openpi's norm-stats asset id and default delta-action mask.
+_EMBODIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "aloha": {"asset_id": "trossen", "delta_action_mask": ALOHA_DELTA_MASK},
+    "droid": {"asset_id": "droid"},
+    "libero": {"asset_id": "physical-intelligence/libero"},
+}
+
+
+def _config(name: str, embodiment: str, pi05: bool, horizon: int, **kw: Any) -> PolicyConfig:
+    """openpi's defaults: max_token_len 200 for pi0.5 and 48 for pi0; keyword arguments override."""
+    fields = {**_EMBODIMENT_DEFAULTS[embodiment], "max_token_len": 200 if pi05 else 48, **kw}
+    return PolicyConfig(name=name, pi05=pi05, embodiment_name=embodiment, action_horizon=horizon, **fields)
+
+
 def _aloha(name: str, pi05: bool, **kw: Any) -> PolicyConfig:
-    kw.setdefault("asset_id", "trossen")
-    kw.setdefault("delta_action_mask", ALOHA_DELTA_MASK)
-    return PolicyConfig(
-        name=name,
-        pi05=pi05,
-        embodiment_name="aloha",
-        action_horizon=50,
-        max_token_len=200 if pi05 else 48,
-        **kw,
-    )
-
-
-def _libero(name: str, pi05: bool, horizon: int, **kw: Any) -> PolicyConfig:
-    return PolicyConfig(
-        name=name,
-        pi05=pi05,
-        embodiment_name="libero",
-        asset_id="physical-intelligence/libero",
-        action_horizon=horizon,
-        max_token_len=200 if pi05 else 48,
-        **kw,
-    )
+    return _config(name, "aloha", pi05, 50, **kw)
 
 
 def _droid(name: str, pi05: bool, horizon: int, **kw: Any) -> PolicyConfig:
-    return PolicyConfig(
-        name=name,
-        pi05=pi05,
-        embodiment_name="droid",
-        asset_id="droid",
-        action_horizon=horizon,
-        max_token_len=200 if pi05 else 48,
-        **kw,
-    )
+    return _config(name, "droid", pi05, horizon, **kw)
+
+
+def _libero(name: str, pi05: bool, horizon: int, **kw: Any) -> PolicyConfig:
+    return _config(name, "libero", pi05, horizon, **kw)
 
 
 _RESET = {"reset_pose": RESET_POSE}

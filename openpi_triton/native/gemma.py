@@ -127,6 +127,19 @@ def _gated_residual(x: jax.Array | None, y: jax.Array | None, gate: jax.Array | 
     return x + y if gate is None else x + y * gate
 
 
+def _norm_each(
+    xs: Sequence[jax.Array | None], layer: Params, name: str, adarms_cond: Sequence[jax.Array | None]
+) -> tuple[list[jax.Array | None], list[jax.Array | None]]:
+    """The named (ada)RMSNorm of every present expert; absent experts stay ``None``."""
+    normed: list[jax.Array | None] = []
+    gates: list[jax.Array | None] = []
+    for i, x in enumerate(xs):
+        y, gate = (None, None) if x is None else rms_norm(x, layer[f"{name}{_suffix(i)}"], adarms_cond[i])
+        normed.append(y)
+        gates.append(gate)
+    return normed, gates
+
+
 def _block(
     layer: Params,
     config: GemmaConfig,
@@ -137,27 +150,12 @@ def _block(
     cache: KVCache | None,
     write_index: jax.Array | None,
 ) -> tuple[list[jax.Array | None], KVCache]:
-    normed, gates = [], []
-    for i, x in enumerate(xs):
-        if x is None:
-            normed.append(None)
-            gates.append(None)
-            continue
-        y, gate = rms_norm(x, layer[f"pre_attention_norm{_suffix(i)}"], adarms_cond[i])
-        normed.append(y)
-        gates.append(gate)
+    normed, gates = _norm_each(xs, layer, "pre_attention_norm", adarms_cond)
     attn_out, new_cache = _attention(layer, config, normed, positions, mask, cache, write_index)
     xs = [_gated_residual(x, y, g) for x, y, g in zip(xs, attn_out, gates, strict=True)]
 
-    ffn_out, gates = [], []
-    for i, x in enumerate(xs):
-        if x is None:
-            ffn_out.append(None)
-            gates.append(None)
-            continue
-        y, gate = rms_norm(x, layer[f"pre_ffw_norm{_suffix(i)}"], adarms_cond[i])
-        ffn_out.append(_feed_forward(y, layer[f"mlp{_suffix(i)}"]))
-        gates.append(gate)
+    normed, gates = _norm_each(xs, layer, "pre_ffw_norm", adarms_cond)
+    ffn_out = [None if y is None else _feed_forward(y, layer[f"mlp{_suffix(i)}"]) for i, y in enumerate(normed)]
     return [_gated_residual(x, y, g) for x, y, g in zip(xs, ffn_out, gates, strict=True)], new_cache
 
 
