@@ -1,0 +1,1 @@
+"""Triton side: the local tritonserver launcher, model parameters, tensor naming, the models' execute logic."""

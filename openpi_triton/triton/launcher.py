@@ -1,0 +1,242 @@
+"""Runs a real ``tritonserver`` locally from the ``nvidia-pytriton`` wheel (no Docker, CPU or GPU).
+
+The wheel carries a tritonserver 2.51 binary, the Python backend and one stub per Python version. To use
+them outside pytriton: copy the backend into a private folder with the stub of the running Python, put
+the wheel's bundled libraries and libpython on ``LD_LIBRARY_PATH``, and put this venv's ``bin/`` first on
+``PATH`` (the stub takes ``sys.path`` from the first ``python3`` it finds).
+
+    python -m openpi_triton.triton.launcher --model-repository model_repository
+
+Local defaults: HTTP 8100, gRPC 8101, metrics 8102 (the robot-facing slots use 8000-8002), model control
+mode ``poll`` so that editing a ``config.pbtxt`` reloads that model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from typing import IO
+
+DEFAULT_HTTP_PORT = 8100
+DEFAULT_GRPC_PORT = 8101
+DEFAULT_METRICS_PORT = 8102
+
+
+class LauncherError(RuntimeError):
+    """tritonserver could not be set up or did not become ready."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonPaths:
+    """Where the wheel keeps the server binary, the Python backend, the stubs and the bundled libraries."""
+
+    server_root: pathlib.Path
+    libs: pathlib.Path
+
+    @classmethod
+    def from_wheel(cls) -> TritonPaths:
+        try:
+            import pytriton
+        except ImportError:
+            raise LauncherError(
+                "the nvidia-pytriton wheel is not installed (it carries tritonserver): pip install nvidia-pytriton==0.7.0"
+            ) from None
+        package = pathlib.Path(pytriton.__file__).resolve().parent
+        paths = cls(server_root=package / "tritonserver", libs=package.parent / "nvidia_pytriton.libs")
+        if not paths.binary.exists():
+            raise LauncherError(f"tritonserver binary not found at {paths.binary}")
+        return paths
+
+    @property
+    def binary(self) -> pathlib.Path:
+        return self.server_root / "bin" / "tritonserver"
+
+    def stub(self, version: str) -> pathlib.Path:
+        return self.server_root / "python_backend_stubs" / version / "triton_python_backend_stub"
+
+
+def build_backend_dir(paths: TritonPaths, target: pathlib.Path) -> pathlib.Path:
+    """``target/python`` = the wheel's Python backend + the stub matching this interpreter."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = paths.stub(version)
+    if not stub.exists():
+        raise LauncherError(f"the wheel has no Python backend stub for Python {version} ({stub})")
+    python_dir = target / "python"
+    shutil.copytree(paths.server_root / "backends" / "python", python_dir, dirs_exist_ok=True)
+    shutil.copy2(stub, python_dir / "triton_python_backend_stub")
+    return target
+
+
+def server_environment(paths: TritonPaths, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(paths.libs), libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    env["PATH"] = os.pathsep.join((str(pathlib.Path(sys.executable).parent), env.get("PATH", "")))
+    # JAX must not grab the whole GPU in every stub; each model instance allocates what it uses.
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    return env
+
+
+@dataclasses.dataclass
+class ServerOptions:
+    model_repository: pathlib.Path
+    http_port: int = DEFAULT_HTTP_PORT
+    grpc_port: int = DEFAULT_GRPC_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    poll_seconds: int = 2
+    log_verbose: int = 0
+    extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class TritonServer:
+    """A tritonserver child process: started, awaited until ready, logs streamed, stopped with its stubs."""
+
+    def __init__(self, options: ServerOptions, log_prefix: str = "[triton] ", log_stream: IO[str] | None = None):
+        self.options = options
+        self.log_prefix = log_prefix
+        self.log_stream = log_stream or sys.stderr
+        self.process: subprocess.Popen[str] | None = None
+        self._workdir: pathlib.Path | None = None
+        self._log_thread: threading.Thread | None = None
+        self.log_lines: list[str] = []
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.options.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.options.http_port}"
+
+    def command(self, backend_dir: pathlib.Path, paths: TritonPaths) -> list[str]:
+        o = self.options
+        return [
+            str(paths.binary),
+            f"--model-repository={o.model_repository.resolve()}",
+            f"--backend-directory={backend_dir}",
+            f"--http-port={o.http_port}",
+            f"--grpc-port={o.grpc_port}",
+            f"--metrics-port={o.metrics_port}",
+            "--http-address=127.0.0.1",
+            "--grpc-address=127.0.0.1",
+            "--model-control-mode=poll",
+            f"--repository-poll-secs={o.poll_seconds}",
+            f"--log-verbose={o.log_verbose}",
+            "--strict-readiness=true",
+            *o.extra_args,
+        ]
+
+    def start(self) -> TritonServer:
+        paths = TritonPaths.from_wheel()
+        self._workdir = pathlib.Path(tempfile.mkdtemp(prefix="openpi-triton-server-"))
+        backend_dir = build_backend_dir(paths, self._workdir / "backends")
+        env = server_environment(paths)
+        env.update(self.options.env)
+        self.process = subprocess.Popen(
+            self.command(backend_dir, paths), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1, start_new_session=True,
+        )
+        self._log_thread = threading.Thread(target=self._pump_logs, daemon=True)
+        self._log_thread.start()
+        return self
+
+    def _pump_logs(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.log_lines.append(line)
+            del self.log_lines[:-2000]
+            self.log_stream.write(self.log_prefix + line)
+            self.log_stream.flush()
+
+    def wait_ready(self, models: Sequence[str] = (), timeout: float = 300.0) -> None:
+        """Waits until the server and ``models`` are ready; raises with the log tail if it dies or times out."""
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if self.process is None or self.process.poll() is not None:
+                    raise LauncherError(f"tritonserver exited during start-up:\n{self.log_tail()}")
+                try:
+                    if client.is_server_live() and all(client.is_model_ready(m) for m in models):
+                        return
+                except Exception:  # not listening yet
+                    pass
+                time.sleep(0.25)
+        finally:
+            client.close()
+        raise LauncherError(f"tritonserver not ready after {timeout:.0f} s (models {list(models)}):\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "".join(self.log_lines[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to the server's process group (server + stubs), SIGKILL after ``timeout``."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        if self.process is not None:
+            try:  # stubs left behind by a server that died on its own
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self._log_thread is not None:
+            self._log_thread.join(timeout=5)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run tritonserver from the nvidia-pytriton wheel.")
+    parser.add_argument("--model-repository", type=pathlib.Path, required=True)
+    parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
+    parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT)
+    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
+    parser.add_argument("--poll-seconds", type=int, default=2)
+    parser.add_argument("--wait-for", action="append", default=[], help="model that must be ready (repeatable)")
+    args = parser.parse_args(argv)
+    server = TritonServer(ServerOptions(
+        model_repository=args.model_repository, http_port=args.http_port, grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port, poll_seconds=args.poll_seconds,
+    ))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server.start()
+    try:
+        server.wait_ready(args.wait_for)
+        print(f"[openpi-triton] tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url}", file=sys.stderr)
+        while not stop.is_set() and server.process is not None and server.process.poll() is None:
+            stop.wait(0.5)
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
