@@ -100,7 +100,14 @@ class NativePolicy:
         self.device = device or jax.devices()[0]
         self.dtype = DTYPES[options.dtype]
         self.params = jax.device_put(params, self.device)
-        self._rng = jax.random.key(0)
+        self._rng = jax.device_put(jax.random.key(0), self.device)
+        shape = (1, config.action_horizon, config.action_dim)
+
+        def next_noise(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+            key, sample_key = jax.random.split(key)
+            return key, jax.random.normal(sample_key, shape)
+
+        self._noise_fn = jax.jit(next_noise)
         self._sample = jax.jit(
             functools.partial(self._sample_impl, spec=self.spec, num_steps=options.num_steps, dtype=self.dtype)
         )
@@ -175,9 +182,8 @@ class NativePolicy:
     def _draw_noise(self) -> np.ndarray:
         # Same key sequence as openpi's Policy (key(0), split per call), so a fresh policy's first
         # noise-less call reproduces openpi's first call.
-        self._rng, sample_rng = jax.random.split(self._rng)
-        shape = (1, self.config.action_horizon, self.config.action_dim)
-        return np.asarray(jax.random.normal(sample_rng, shape))[0]
+        self._rng, noise = self._noise_fn(self._rng)
+        return np.asarray(noise)[0]
 
     def sample(self, prepared: Sequence[PreparedObservation]) -> np.ndarray:
         """One model pass per bucket-sized chunk; returns raw model actions float32 [N, H, action_dim]."""
@@ -260,6 +266,7 @@ class NativePolicy:
             self.config.embodiment.example(rng),
             np.zeros((self.config.action_horizon, self.config.action_dim), np.float32),
         )
+        self._noise_fn(jax.device_put(jax.random.key(1), self.device))  # compiles noise drawing without advancing the policy's keys
         seconds: dict[int, float] = {}
         for bucket in self.options.batch_buckets:
             start = time.perf_counter()

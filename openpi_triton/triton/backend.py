@@ -1,0 +1,168 @@
+"""Helpers shared by the Python-backend models (importable only inside a Triton stub).
+
+Requests become observation dicts through the key-path rule of :mod:`openpi_triton.tensor_names`; every
+problem with one request becomes that request's own ``TritonError(INVALID_ARG)`` so the rest of the batch
+is served.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from openpi_triton.tensor_names import unflatten
+from openpi_triton.triton.io_spec import TensorSpec
+
+logger = logging.getLogger("openpi_triton.triton")
+
+
+class RequestError(ValueError):
+    """A bad request: becomes INVALID_ARG for that request only."""
+
+
+def invalid(message: str) -> Any:
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+
+
+def internal(message: str) -> Any:
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
+
+
+def add_io(config: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> Any:
+    """auto_complete_config: declares the I/O unless config.pbtxt already lists it, turns on dynamic batching."""
+    declared = {i["name"] for i in config.as_dict().get("input", [])}
+    for spec in inputs:
+        if spec.name not in declared:
+            config.add_input(spec.as_config())
+    declared = {o["name"] for o in config.as_dict().get("output", [])}
+    for spec in outputs:
+        if spec.name not in declared:
+            config.add_output(spec.as_config())
+    if config.as_dict().get("max_batch_size", 0) == 0:
+        config.set_max_batch_size(8)
+    config.set_dynamic_batching()
+    return config
+
+
+def jax_device(args: dict[str, str]) -> Any:
+    """The JAX device of this model instance: ``KIND_GPU`` + device id -> that GPU, else the CPU."""
+    import jax
+
+    kind = args.get("model_instance_kind", "CPU")
+    if kind == "GPU":
+        device_id = int(args.get("model_instance_device_id", "0"))
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:
+            raise pb_utils.TritonModelException(
+                "instance_group asks for KIND_GPU but JAX sees no GPU (install jax[cuda12]==0.5.3, or use KIND_CPU)"
+            ) from None
+        if device_id >= len(gpus):
+            raise pb_utils.TritonModelException(f"GPU {device_id} requested but JAX sees {len(gpus)} GPU(s)")
+        return gpus[device_id]
+    return jax.devices("cpu")[0]
+
+
+def batch_size_of(request: Any, specs: Sequence[TensorSpec]) -> int:
+    for spec in specs:
+        tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
+        if tensor is not None:
+            return int(tensor.shape()[0])
+    raise RequestError("request carries none of the model's inputs")
+
+
+def decode_strings(array: np.ndarray, name: str) -> list[str]:
+    """BYTES tensor [n, 1] -> n UTF-8 strings."""
+    out = []
+    for item in array.reshape(array.shape[0], -1)[:, 0]:
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RequestError(f"input '{name}': expected UTF-8 text, got undecodable bytes ({exc.reason})") from None
+        out.append(str(item))
+    return out
+
+
+def read_rows(request: Any, specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
+    """One flat ``{tensor name: value}`` dict per batch row; strings decoded, absent optional inputs omitted."""
+    rows: list[dict[str, Any]] = [{} for _ in range(batch_size_of(request, specs))]
+    for spec in specs:
+        tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
+        if tensor is None:
+            continue
+        array = tensor.as_numpy()
+        if array.shape[0] != len(rows):
+            raise RequestError(f"input '{spec.name}': batch dimension {array.shape[0]} != {len(rows)} of the others")
+        values: Sequence[Any] = decode_strings(array, spec.name) if spec.data_type == "TYPE_STRING" else list(array)
+        for row, value in zip(rows, values, strict=True):
+            row[spec.name] = value
+    return rows
+
+
+def observation(row: dict[str, Any], exclude: Sequence[str] = ()) -> dict[str, Any]:
+    return unflatten({k: v for k, v in row.items() if k not in exclude})
+
+
+def string_tensor(name: str, values: Sequence[str]) -> Any:
+    return pb_utils.Tensor(name, np.array([[v.encode("utf-8")] for v in values], dtype=np.object_))
+
+
+def float_tensor(name: str, values: Any) -> Any:
+    return pb_utils.Tensor(name, np.ascontiguousarray(np.asarray(values, dtype=np.float32)))
+
+
+@dataclasses.dataclass
+class ModelMetrics:
+    """Custom metrics on Triton's metrics port: batch size histogram and per-call milliseconds."""
+
+    batch_size: Any
+    call_ms: Any
+    families: tuple[Any, ...]  # a Metric is only valid while its MetricFamily lives
+
+    @classmethod
+    def create(cls, model: str, what: str) -> ModelMetrics:
+        sizes = pb_utils.MetricFamily(
+            name="openpi_batch_size",
+            description="observations per model call (after stacking the requests of one execute)",
+            kind=pb_utils.MetricFamily.HISTOGRAM,
+        )
+        ms = pb_utils.MetricFamily(
+            name=f"openpi_{what}_ms",
+            description=f"wall milliseconds of one batched {what} call",
+            kind=pb_utils.MetricFamily.HISTOGRAM,
+        )
+        labels = {"model": model}
+        return cls(
+            batch_size=sizes.Metric(labels=labels, buckets=[1, 2, 4, 8, 16, 32]),
+            call_ms=ms.Metric(labels=labels, buckets=[5, 10, 20, 30, 50, 80, 120, 200, 500, 1000, 2000]),
+            families=(sizes, ms),
+        )
+
+    def observe(self, batch: int, ms: float) -> None:
+        self.batch_size.observe(float(batch))
+        self.call_ms.observe(float(ms))
+
+
+def model_parameters(args: dict[str, str]) -> dict[str, str]:
+    from openpi_triton.triton.model_params import read_parameters
+
+    return read_parameters(json.loads(args["model_config"]))
+
+
+def resolve_weights(checkpoint_dir: str, tokenizer_path: str) -> tuple[pathlib.Path, str | None]:
+    """Empty ``checkpoint_dir`` -> the embedded default (checkpoint and its tokenizer)."""
+    if checkpoint_dir:
+        return pathlib.Path(checkpoint_dir), tokenizer_path or None
+    from openpi_triton.native.tiny import ensure_embedded_default
+
+    default = ensure_embedded_default()
+    logger.warning("no checkpoint_dir configured: serving the embedded default model from %s", default.root)
+    return default.checkpoint_dir, tokenizer_path or str(default.tokenizer_path)

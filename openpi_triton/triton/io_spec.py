@@ -1,0 +1,102 @@
+"""Triton inputs and outputs of the models, derived from an openpi config (so swapping the embodiment is an
+edit of ``model_config_name``, never a hand-written tensor list).
+
+Conventions (all robot-facing tensors carry the batch dimension first; ``max_batch_size`` > 0):
+- camera ``<key path>``: UINT8, ``[3, -1, -1]`` for channels-first robots (ALOHA) else ``[-1, -1, -1]``;
+  float images are converted to uint8 by the client side (openpi's ``(255 * x).astype(uint8)``);
+- state ``<key path>``: FP64 ``[width]`` (float64 keeps pi0.5's state bins bit-identical to openpi);
+- ``prompt``: BYTES ``[1]`` UTF-8, optional; ``noise``: FP32 ``[action_horizon, 32]``, optional;
+- out: ``actions`` FP32 ``[action_horizon, robot action dim]``, ``policy_infer_ms`` FP32 ``[1]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from openpi_triton.native.configs import PolicyConfig
+from openpi_triton.tensor_names import tensor_name
+
+PROMPT = "prompt"
+NOISE = "noise"
+MODE = "mode"
+GENERATION_PROMPT_FORMAT = "generation_prompt_format"
+ACTIONS = "actions"
+POLICY_INFER_MS = "policy_infer_ms"
+SUBTASK = "subtask"
+SUBTASK_MS = "subtask_ms"
+ACTION_PROMPT = "action_prompt"
+
+MODES = ("default", "subtask_only", "action_only")
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    data_type: str  # Triton config type, e.g. "TYPE_UINT8"
+    dims: tuple[int, ...]
+    optional: bool = False
+
+    def as_config(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": self.name, "data_type": self.data_type, "dims": list(self.dims)}
+        if self.optional:
+            entry["optional"] = True
+        return entry
+
+
+def observation_inputs(config: PolicyConfig, *, all_images_optional: bool = False) -> list[TensorSpec]:
+    """Cameras and state vectors of the config's embodiment."""
+    embodiment = config.embodiment
+    specs = [
+        TensorSpec(
+            tensor_name(f.path), "TYPE_UINT8", (3, -1, -1) if f.layout == "CHW" and f.strict_layout else (-1, -1, -1),
+            optional=all_images_optional or not f.required,
+        )
+        for f in embodiment.image_fields
+    ]
+    specs += [TensorSpec(tensor_name(s.path), "TYPE_FP64", (s.width,)) for s in embodiment.state_fields]
+    return specs
+
+
+def action_inputs(config: PolicyConfig) -> list[TensorSpec]:
+    return [
+        *observation_inputs(config),
+        TensorSpec(PROMPT, "TYPE_STRING", (1,), optional=True),
+        TensorSpec(NOISE, "TYPE_FP32", (config.action_horizon, config.action_dim), optional=True),
+    ]
+
+
+def action_outputs(config: PolicyConfig) -> list[TensorSpec]:
+    return [
+        TensorSpec(ACTIONS, "TYPE_FP32", (config.action_horizon, config.embodiment.action_dim)),
+        TensorSpec(POLICY_INFER_MS, "TYPE_FP32", (1,)),
+    ]
+
+
+def planner_inputs(config: PolicyConfig) -> list[TensorSpec]:
+    images = [s for s in observation_inputs(config, all_images_optional=True) if s.data_type == "TYPE_UINT8"]
+    return [
+        *images,
+        TensorSpec(PROMPT, "TYPE_STRING", (1,), optional=True),
+        TensorSpec(GENERATION_PROMPT_FORMAT, "TYPE_STRING", (1,), optional=True),
+    ]
+
+
+def planner_outputs() -> list[TensorSpec]:
+    return [
+        TensorSpec(SUBTASK, "TYPE_STRING", (1,)),
+        TensorSpec(SUBTASK_MS, "TYPE_FP32", (1,)),
+        TensorSpec(ACTION_PROMPT, "TYPE_STRING", (1,)),
+    ]
+
+
+def combined_inputs(config: PolicyConfig) -> list[TensorSpec]:
+    return [
+        *action_inputs(config),
+        TensorSpec(MODE, "TYPE_STRING", (1,), optional=True),
+        TensorSpec(GENERATION_PROMPT_FORMAT, "TYPE_STRING", (1,), optional=True),
+    ]
+
+
+def combined_outputs(config: PolicyConfig) -> list[TensorSpec]:
+    return [*action_outputs(config), TensorSpec(SUBTASK, "TYPE_STRING", (1,)), TensorSpec(SUBTASK_MS, "TYPE_FP32", (1,))]

@@ -1,0 +1,153 @@
+"""``config.pbtxt`` parameters of the three models, parsed and validated once at load.
+
+Every value in ``config.pbtxt`` is a string. Empty strings mean "use the default"; in particular an empty
+``checkpoint_dir`` selects the embedded default model (built on first use).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from openpi_triton.native.batching import parse_buckets
+from openpi_triton.native.configs import PolicyConfig, get_policy_config
+from openpi_triton.native.planner import DEFAULT_GENERATION_PROMPT_FORMAT, validate_prompt_format
+
+RUNTIMES = ("native", "openpi")
+DEFAULT_ACTION_PROMPT_TEMPLATE = "{task}. Subtask: {subtask}"
+
+
+class ParameterError(ValueError):
+    """A bad ``config.pbtxt`` parameter; the message names it and says what is expected."""
+
+
+def read_parameters(model_config: Mapping[str, Any] | str) -> dict[str, str]:
+    """``{"key": {"string_value": "v"}}`` -> ``{"key": "v"}`` (whitespace stripped)."""
+    config = json.loads(model_config) if isinstance(model_config, str) else model_config
+    return {k: str(v.get("string_value", "")).strip() for k, v in (config.get("parameters") or {}).items()}
+
+
+def _int(params: Mapping[str, str], key: str, default: int, minimum: int = 1) -> int:
+    raw = params.get(key, "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ParameterError(f"parameter '{key}': expected an integer >= {minimum}, got {raw!r}") from None
+    if value < minimum:
+        raise ParameterError(f"parameter '{key}': expected an integer >= {minimum}, got {value}")
+    return value
+
+
+def _choice(params: Mapping[str, str], key: str, choices: tuple[str, ...], default: str) -> str:
+    value = params.get(key, "") or default
+    if value not in choices:
+        raise ParameterError(f"parameter '{key}': expected one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _policy_config(params: Mapping[str, str]) -> PolicyConfig:
+    name = params.get("model_config_name", "")
+    if not name:
+        raise ParameterError("parameter 'model_config_name' is required (an openpi config name, e.g. pi05_aloha)")
+    try:
+        return get_policy_config(name)
+    except ValueError as exc:
+        raise ParameterError(f"parameter 'model_config_name': {exc}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionParams:
+    runtime: str
+    config: PolicyConfig
+    checkpoint_dir: str
+    tokenizer_path: str
+    default_prompt: str | None
+    dtype: str
+    num_steps: int
+    batch_buckets: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str]) -> ActionParams:
+        try:
+            buckets = parse_buckets(params.get("batch_buckets", "") or "1,2,4,8")
+        except ValueError as exc:
+            raise ParameterError(f"parameter 'batch_buckets': {exc}") from None
+        return cls(
+            runtime=_choice(params, "runtime", RUNTIMES, "native"),
+            config=_policy_config(params),
+            checkpoint_dir=params.get("checkpoint_dir", ""),
+            tokenizer_path=params.get("tokenizer_path", ""),
+            default_prompt=params.get("default_prompt", "") or None,
+            dtype=_choice(params, "dtype", ("float32", "bfloat16"), "float32"),
+            num_steps=_int(params, "num_steps", 10),
+            batch_buckets=buckets,
+        )
+
+
+def validate_action_prompt_template(template: str) -> str:
+    for field in ("{task}", "{subtask}"):
+        if field not in template:
+            raise ParameterError(f"parameter 'action_prompt_template': must contain {field}, got {template!r}")
+    try:
+        template.format(task="t", subtask="s")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ParameterError(
+            f"parameter 'action_prompt_template': invalid format string {template!r} ({exc}); "
+            "only {task} and {subtask} are allowed"
+        ) from None
+    return template
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannerParams:
+    config: PolicyConfig
+    checkpoint_dir: str
+    tokenizer_path: str
+    dtype: str
+    max_generation_tokens: int
+    generation_prompt_format: str
+    action_prompt_template: str
+    batch_buckets: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str]) -> PlannerParams:
+        fmt = params.get("generation_prompt_format", "") or DEFAULT_GENERATION_PROMPT_FORMAT
+        try:
+            validate_prompt_format(fmt)
+        except ValueError as exc:
+            raise ParameterError(f"parameter {exc}") from None
+        try:
+            buckets = parse_buckets(params.get("batch_buckets", "") or "1,2,4,8")
+        except ValueError as exc:
+            raise ParameterError(f"parameter 'batch_buckets': {exc}") from None
+        return cls(
+            config=_policy_config(params),
+            checkpoint_dir=params.get("checkpoint_dir", ""),
+            tokenizer_path=params.get("tokenizer_path", ""),
+            dtype=_choice(params, "dtype", ("float32", "bfloat16"), "float32"),
+            max_generation_tokens=_int(params, "max_generation_tokens", 20),
+            generation_prompt_format=fmt,
+            action_prompt_template=validate_action_prompt_template(
+                params.get("action_prompt_template", "") or DEFAULT_ACTION_PROMPT_TEMPLATE
+            ),
+            batch_buckets=buckets,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class CombinedParams:
+    config: PolicyConfig
+    action_model: str
+    planner_model: str
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str]) -> CombinedParams:
+        return cls(
+            config=_policy_config(params),
+            action_model=params.get("action_model", "") or "action",
+            planner_model=params.get("planner_model", "") or "planner",
+        )
