@@ -1,0 +1,117 @@
+"""The ``combined_ensemble`` model (BLS): planner -> prompt splice -> action, with openpi-flash's modes.
+
+| ``mode`` | what runs | outputs |
+| --- | --- | --- |
+| ``default`` (or absent / empty) | planner; if it produced text, the action prompt becomes the planner's ``action_prompt``; action | actions, policy_infer_ms, subtask, subtask_ms |
+| ``subtask_only`` | planner | subtask, subtask_ms |
+| ``action_only`` | action with the original inputs | actions, policy_infer_ms |
+
+A planner failure never fails the request: the subtask is ``""`` with ``0.0`` ms and the action runs with
+the original prompt (openpi-flash's rule). An unknown mode is ``INVALID_ARG`` (openpi-flash silently
+falls back to default). ``execute`` is a coroutine that sends the child requests of all requests in
+the batch at once, so concurrent robots reach ``action`` together and are batched there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from openpi_triton.native.configs import get_policy_config
+from openpi_triton.triton import backend, io_spec
+from openpi_triton.triton.model_params import CombinedParams, ParameterError, read_parameters
+
+PLANNER_OUTPUTS = [io_spec.SUBTASK, io_spec.SUBTASK_MS, io_spec.ACTION_PROMPT]
+ACTION_OUTPUTS = [io_spec.ACTIONS, io_spec.POLICY_INFER_MS]
+
+
+def read_mode(request: Any) -> str:
+    tensor = pb_utils.get_input_tensor_by_name(request, io_spec.MODE)
+    if tensor is None:
+        return "default"
+    modes = {m or "default" for m in backend.decode_strings(tensor.as_numpy(), io_spec.MODE)}
+    unknown = sorted(modes - set(io_spec.MODES))
+    if unknown:
+        raise backend.RequestError(f"input 'mode': expected one of {list(io_spec.MODES)} (or empty), got {unknown[0]!r}")
+    if len(modes) != 1:
+        raise backend.RequestError(f"input 'mode': all rows of one request must use one mode, got {sorted(modes)}")
+    return modes.pop()
+
+
+class CombinedModel:
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config: Any) -> Any:
+        params = read_parameters(auto_complete_model_config.as_dict())
+        config = get_policy_config(params.get("model_config_name", ""))
+        return backend.add_io(
+            auto_complete_model_config, io_spec.combined_inputs(config), io_spec.combined_outputs(config)
+        )
+
+    def initialize(self, args: dict[str, str]) -> None:
+        try:
+            self.params = CombinedParams.parse(backend.model_parameters(args))
+        except ParameterError as exc:
+            raise pb_utils.TritonModelException(str(exc)) from None
+        config = self.params.config
+        self.action_inputs = [s.name for s in io_spec.action_inputs(config)]
+        self.planner_inputs = [s.name for s in io_spec.planner_inputs(config)]
+        self.batch_inputs = io_spec.combined_inputs(config)
+
+    async def execute(self, requests: list[Any]) -> list[Any]:
+        return list(await asyncio.gather(*(self._serve(r) for r in requests)))
+
+    async def _serve(self, request: Any) -> Any:
+        try:
+            mode = read_mode(request)
+            rows = backend.batch_size_of(request, self.batch_inputs)
+        except ValueError as exc:
+            return backend.invalid(str(exc))
+        subtask = None
+        if mode in ("default", "subtask_only"):
+            subtask = await self._plan(request, rows)
+            if mode == "subtask_only":
+                texts, ms, _ = subtask
+                return pb_utils.InferenceResponse([backend.string_tensor(io_spec.SUBTASK, texts), backend.float_tensor(io_spec.SUBTASK_MS, ms)])
+        prompt_override = subtask[2] if subtask is not None and any(subtask[0]) else None
+        action = await self._child(self.params.action_model, request, self.action_inputs, ACTION_OUTPUTS, prompt_override)
+        if action.has_error():
+            error = action.error()
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(error.message(), error.code()))
+        outputs = [pb_utils.get_output_tensor_by_name(action, name) for name in ACTION_OUTPUTS]
+        if subtask is not None:
+            texts, ms, _ = subtask
+            outputs += [backend.string_tensor(io_spec.SUBTASK, texts), backend.float_tensor(io_spec.SUBTASK_MS, ms)]
+        return pb_utils.InferenceResponse(outputs)
+
+    async def _plan(self, request: Any, rows: int) -> tuple[list[str], list[list[float]], list[str] | None]:
+        """(texts, ms, action prompts); a failed planner call gives empty texts, 0 ms and no prompts."""
+        try:
+            result = await self._child(self.params.planner_model, request, self.planner_inputs, PLANNER_OUTPUTS)
+            if result.has_error():
+                raise RuntimeError(result.error().message())
+            texts = backend.decode_strings(pb_utils.get_output_tensor_by_name(result, io_spec.SUBTASK).as_numpy(), io_spec.SUBTASK)
+            ms = pb_utils.get_output_tensor_by_name(result, io_spec.SUBTASK_MS).as_numpy().tolist()
+            prompts = backend.decode_strings(
+                pb_utils.get_output_tensor_by_name(result, io_spec.ACTION_PROMPT).as_numpy(), io_spec.ACTION_PROMPT
+            )
+            return texts, ms, prompts
+        except Exception as exc:  # openpi-flash: planner failures are logged, never fatal to the action
+            backend.logger.warning("planner failed, continuing without a subtask: %s", exc)
+            return [""] * rows, [[0.0]] * rows, None
+
+    async def _child(
+        self, model: str, request: Any, names: list[str], outputs: list[str], prompts: list[str] | None = None
+    ) -> Any:
+        inputs = []
+        for name in names:
+            if name == io_spec.PROMPT and prompts is not None:
+                inputs.append(backend.string_tensor(io_spec.PROMPT, prompts))
+                continue
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is not None:
+                inputs.append(pb_utils.Tensor(name, np.asarray(tensor.as_numpy())))
+        child = pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=outputs)
+        return await child.async_exec()

@@ -1,0 +1,91 @@
+"""The ``planner`` model: pi0.5 subtask text from the task prompt and the robot's cameras, batched."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import triton_python_backend_utils as pb_utils
+
+from openpi_triton.native.configs import get_policy_config
+from openpi_triton.native.planner import PlannerInput, PlannerOptions, SubtaskPlanner, load_planner
+from openpi_triton.triton import backend, io_spec
+from openpi_triton.triton.model_params import ParameterError, PlannerParams, read_parameters
+
+
+def splice_action_prompt(template: str, task: str, subtask: str) -> str:
+    """openpi-flash: the action prompt becomes the template only when a subtask was generated."""
+    return template.format(task=task, subtask=subtask) if subtask else task
+
+
+class PlannerModel:
+    planner: SubtaskPlanner
+
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config: Any) -> Any:
+        params = read_parameters(auto_complete_model_config.as_dict())
+        config = get_policy_config(params.get("model_config_name", ""))
+        return backend.add_io(auto_complete_model_config, io_spec.planner_inputs(config), io_spec.planner_outputs())
+
+    def initialize(self, args: dict[str, str]) -> None:
+        try:
+            self.params = PlannerParams.parse(backend.model_parameters(args))
+        except ParameterError as exc:
+            raise pb_utils.TritonModelException(str(exc)) from None
+        checkpoint_dir, tokenizer_path = backend.resolve_weights(self.params.checkpoint_dir, self.params.tokenizer_path)
+        options = PlannerOptions(
+            max_generation_tokens=self.params.max_generation_tokens,
+            generation_prompt_format=self.params.generation_prompt_format,
+            dtype=self.params.dtype, batch_buckets=self.params.batch_buckets, tokenizer_path=tokenizer_path,
+        )
+        try:
+            self.planner = load_planner(checkpoint_dir, options, backend.jax_device(args))
+        except (ValueError, FileNotFoundError) as exc:
+            raise pb_utils.TritonModelException(f"{args['model_name']}: {exc}") from None
+        self.inputs = io_spec.planner_inputs(self.params.config)
+        self.metrics = backend.ModelMetrics.create(args["model_name"], "planner")
+        seconds = self.planner.warmup()
+        backend.logger.warning("%s ready, warm-up %s", args["model_name"], seconds)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = [None] * len(requests)
+        batches: list[tuple[int, list[str], list[PlannerInput]]] = []
+        for index, request in enumerate(requests):
+            try:
+                rows = backend.read_rows(request, self.inputs)
+                tasks = [row.get(io_spec.PROMPT, "") for row in rows]
+                prepared = [
+                    self.planner.prepare_observation(
+                        backend.observation(row, exclude=(io_spec.GENERATION_PROMPT_FORMAT,)),
+                        row.get(io_spec.GENERATION_PROMPT_FORMAT),
+                    )
+                    for row in rows
+                ]
+                batches.append((index, tasks, prepared))
+            except ValueError as exc:
+                responses[index] = backend.invalid(str(exc))
+        flat = [item for _, _, items in batches for item in items]
+        if not flat:
+            return responses
+        start = time.perf_counter()
+        try:
+            subtasks = self.planner.generate_batch(flat)
+        except Exception as exc:
+            for index, _, _ in batches:
+                responses[index] = backend.internal(f"subtask generation failed: {type(exc).__name__}: {exc}")
+            return responses
+        ms = (time.perf_counter() - start) * 1000.0
+        self.metrics.observe(len(flat), ms)
+        row = 0
+        template = self.params.action_prompt_template
+        for index, tasks, items in batches:
+            texts = [s.text for s in subtasks[row : row + len(items)]]
+            row += len(items)
+            responses[index] = pb_utils.InferenceResponse([
+                backend.string_tensor(io_spec.SUBTASK, texts),
+                backend.float_tensor(io_spec.SUBTASK_MS, [[ms]] * len(items)),
+                backend.string_tensor(
+                    io_spec.ACTION_PROMPT, [splice_action_prompt(template, t, s) for t, s in zip(tasks, texts, strict=True)]
+                ),
+            ])
+        return responses
