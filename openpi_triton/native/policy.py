@@ -266,7 +266,9 @@ class NativePolicy:
             self.config.embodiment.example(rng),
             np.zeros((self.config.action_horizon, self.config.action_dim), np.float32),
         )
-        self._noise_fn(jax.device_put(jax.random.key(1), self.device))  # compiles noise drawing without advancing the policy's keys
+        self._noise_fn(
+            jax.device_put(jax.random.key(1), self.device)
+        )  # compiles noise drawing without advancing the policy's keys
         seconds: dict[int, float] = {}
         for bucket in self.options.batch_buckets:
             start = time.perf_counter()

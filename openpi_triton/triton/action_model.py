@@ -35,8 +35,11 @@ class ActionModel:
             )
         checkpoint_dir, tokenizer_path = backend.resolve_weights(self.params.checkpoint_dir, self.params.tokenizer_path)
         options = PolicyOptions(
-            dtype=self.params.dtype, num_steps=self.params.num_steps, batch_buckets=self.params.batch_buckets,
-            default_prompt=self.params.default_prompt, tokenizer_path=tokenizer_path,
+            dtype=self.params.dtype,
+            num_steps=self.params.num_steps,
+            batch_buckets=self.params.batch_buckets,
+            default_prompt=self.params.default_prompt,
+            tokenizer_path=tokenizer_path,
         )
         try:
             self.policy = load_policy(self.params.config.name, checkpoint_dir, options, backend.jax_device(args))
@@ -71,10 +74,12 @@ class ActionModel:
             for index, items in batches:
                 actions = [self.policy.finish(item, raw[row + k]) for k, item in enumerate(items)]
                 row += len(items)
-                responses[index] = pb_utils.InferenceResponse([
-                    backend.float_tensor(io_spec.ACTIONS, actions),
-                    backend.float_tensor(io_spec.POLICY_INFER_MS, [[ms]] * len(items)),
-                ])
+                responses[index] = pb_utils.InferenceResponse(
+                    [
+                        backend.float_tensor(io_spec.ACTIONS, actions),
+                        backend.float_tensor(io_spec.POLICY_INFER_MS, [[ms]] * len(items)),
+                    ]
+                )
         return responses
 
     def _prepare(self, row: dict[str, Any]) -> PreparedObservation:

@@ -86,7 +86,9 @@ def decode_strings(array: np.ndarray, name: str) -> list[str]:
             try:
                 item = item.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise RequestError(f"input '{name}': expected UTF-8 text, got undecodable bytes ({exc.reason})") from None
+                raise RequestError(
+                    f"input '{name}': expected UTF-8 text, got undecodable bytes ({exc.reason})"
+                ) from None
         out.append(str(item))
     return out
 

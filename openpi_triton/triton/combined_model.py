@@ -1,10 +1,9 @@
 """The ``combined_ensemble`` model (BLS): planner -> prompt splice -> action, with openpi-flash's modes.
 
-| ``mode`` | what runs | outputs |
-| --- | --- | --- |
-| ``default`` (or absent / empty) | planner; if it produced text, the action prompt becomes the planner's ``action_prompt``; action | actions, policy_infer_ms, subtask, subtask_ms |
-| ``subtask_only`` | planner | subtask, subtask_ms |
-| ``action_only`` | action with the original inputs | actions, policy_infer_ms |
+- ``default`` (absent or empty too): planner; if it produced text, the action prompt becomes the planner's
+  ``action_prompt``; then action. Outputs: actions, policy_infer_ms, subtask, subtask_ms.
+- ``subtask_only``: planner only. Outputs: subtask, subtask_ms.
+- ``action_only``: action with the original inputs. Outputs: actions, policy_infer_ms.
 
 A planner failure never fails the request: the subtask is ``""`` with ``0.0`` ms and the action runs with
 the original prompt (openpi-flash's rule). An unknown mode is ``INVALID_ARG`` (openpi-flash silently
@@ -35,7 +34,9 @@ def read_mode(request: Any) -> str:
     modes = {m or "default" for m in backend.decode_strings(tensor.as_numpy(), io_spec.MODE)}
     unknown = sorted(modes - set(io_spec.MODES))
     if unknown:
-        raise backend.RequestError(f"input 'mode': expected one of {list(io_spec.MODES)} (or empty), got {unknown[0]!r}")
+        raise backend.RequestError(
+            f"input 'mode': expected one of {list(io_spec.MODES)} (or empty), got {unknown[0]!r}"
+        )
     if len(modes) != 1:
         raise backend.RequestError(f"input 'mode': all rows of one request must use one mode, got {sorted(modes)}")
     return modes.pop()
@@ -74,9 +75,13 @@ class CombinedModel:
             subtask = await self._plan(request, rows)
             if mode == "subtask_only":
                 texts, ms, _ = subtask
-                return pb_utils.InferenceResponse([backend.string_tensor(io_spec.SUBTASK, texts), backend.float_tensor(io_spec.SUBTASK_MS, ms)])
+                return pb_utils.InferenceResponse(
+                    [backend.string_tensor(io_spec.SUBTASK, texts), backend.float_tensor(io_spec.SUBTASK_MS, ms)]
+                )
         prompt_override = subtask[2] if subtask is not None and any(subtask[0]) else None
-        action = await self._child(self.params.action_model, request, self.action_inputs, ACTION_OUTPUTS, prompt_override)
+        action = await self._child(
+            self.params.action_model, request, self.action_inputs, ACTION_OUTPUTS, prompt_override
+        )
         if action.has_error():
             error = action.error()
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(error.message(), error.code()))
@@ -92,7 +97,9 @@ class CombinedModel:
             result = await self._child(self.params.planner_model, request, self.planner_inputs, PLANNER_OUTPUTS)
             if result.has_error():
                 raise RuntimeError(result.error().message())
-            texts = backend.decode_strings(pb_utils.get_output_tensor_by_name(result, io_spec.SUBTASK).as_numpy(), io_spec.SUBTASK)
+            texts = backend.decode_strings(
+                pb_utils.get_output_tensor_by_name(result, io_spec.SUBTASK).as_numpy(), io_spec.SUBTASK
+            )
             ms = pb_utils.get_output_tensor_by_name(result, io_spec.SUBTASK_MS).as_numpy().tolist()
             prompts = backend.decode_strings(
                 pb_utils.get_output_tensor_by_name(result, io_spec.ACTION_PROMPT).as_numpy(), io_spec.ACTION_PROMPT

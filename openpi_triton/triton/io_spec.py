@@ -49,7 +49,9 @@ def observation_inputs(config: PolicyConfig, *, all_images_optional: bool = Fals
     embodiment = config.embodiment
     specs = [
         TensorSpec(
-            tensor_name(f.path), "TYPE_UINT8", (3, -1, -1) if f.layout == "CHW" and f.strict_layout else (-1, -1, -1),
+            tensor_name(f.path),
+            "TYPE_UINT8",
+            (3, -1, -1) if f.layout == "CHW" and f.strict_layout else (-1, -1, -1),
             optional=all_images_optional or not f.required,
         )
         for f in embodiment.image_fields
@@ -99,4 +101,8 @@ def combined_inputs(config: PolicyConfig) -> list[TensorSpec]:
 
 
 def combined_outputs(config: PolicyConfig) -> list[TensorSpec]:
-    return [*action_outputs(config), TensorSpec(SUBTASK, "TYPE_STRING", (1,)), TensorSpec(SUBTASK_MS, "TYPE_FP32", (1,))]
+    return [
+        *action_outputs(config),
+        TensorSpec(SUBTASK, "TYPE_STRING", (1,)),
+        TensorSpec(SUBTASK_MS, "TYPE_FP32", (1,)),
+    ]

@@ -50,7 +50,8 @@ class TritonPaths:
             import pytriton
         except ImportError:
             raise LauncherError(
-                "the nvidia-pytriton wheel is not installed (it carries tritonserver): pip install nvidia-pytriton==0.7.0"
+                "the nvidia-pytriton wheel is not installed (it carries tritonserver): "
+                "pip install nvidia-pytriton==0.7.0"
             ) from None
         package = pathlib.Path(pytriton.__file__).resolve().parent
         paths = cls(server_root=package / "tritonserver", libs=package.parent / "nvidia_pytriton.libs")
@@ -145,8 +146,13 @@ class TritonServer:
         env = server_environment(paths)
         env.update(self.options.env)
         self.process = subprocess.Popen(
-            self.command(backend_dir, paths), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1, start_new_session=True,
+            self.command(backend_dir, paths),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
         )
         self._log_thread = threading.Thread(target=self._pump_logs, daemon=True)
         self._log_thread.start()
@@ -220,10 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-seconds", type=int, default=2)
     parser.add_argument("--wait-for", action="append", default=[], help="model that must be ready (repeatable)")
     args = parser.parse_args(argv)
-    server = TritonServer(ServerOptions(
-        model_repository=args.model_repository, http_port=args.http_port, grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port, poll_seconds=args.poll_seconds,
-    ))
+    server = TritonServer(
+        ServerOptions(
+            model_repository=args.model_repository,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            poll_seconds=args.poll_seconds,
+        )
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -236,6 +247,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     return 0
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports that are free on 127.0.0.1 right now (for tests and side-by-side runs)."""
+    import socket
+
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ class PlannerModel:
         options = PlannerOptions(
             max_generation_tokens=self.params.max_generation_tokens,
             generation_prompt_format=self.params.generation_prompt_format,
-            dtype=self.params.dtype, batch_buckets=self.params.batch_buckets, tokenizer_path=tokenizer_path,
+            dtype=self.params.dtype,
+            batch_buckets=self.params.batch_buckets,
+            tokenizer_path=tokenizer_path,
         )
         try:
             self.planner = load_planner(checkpoint_dir, options, backend.jax_device(args))
@@ -81,11 +83,14 @@ class PlannerModel:
         for index, tasks, items in batches:
             texts = [s.text for s in subtasks[row : row + len(items)]]
             row += len(items)
-            responses[index] = pb_utils.InferenceResponse([
-                backend.string_tensor(io_spec.SUBTASK, texts),
-                backend.float_tensor(io_spec.SUBTASK_MS, [[ms]] * len(items)),
-                backend.string_tensor(
-                    io_spec.ACTION_PROMPT, [splice_action_prompt(template, t, s) for t, s in zip(tasks, texts, strict=True)]
-                ),
-            ])
+            responses[index] = pb_utils.InferenceResponse(
+                [
+                    backend.string_tensor(io_spec.SUBTASK, texts),
+                    backend.float_tensor(io_spec.SUBTASK_MS, [[ms]] * len(items)),
+                    backend.string_tensor(
+                        io_spec.ACTION_PROMPT,
+                        [splice_action_prompt(template, t, s) for t, s in zip(tasks, texts, strict=True)],
+                    ),
+                ]
+            )
         return responses

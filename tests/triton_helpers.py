@@ -1,0 +1,56 @@
+"""Building model repositories and requests for tests against a real tritonserver."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from openpi_triton import tensor_names
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+
+NUMPY_TO_TRITON = {np.dtype(np.uint8): "UINT8", np.dtype(np.float64): "FP64", np.dtype(np.float32): "FP32"}
+
+
+def set_parameter(config_text: str, key: str, value: str) -> str:
+    pattern = re.compile(r'(parameters \{ key: "' + re.escape(key) + r'" value: \{ string_value: )"[^"]*"')
+    if not pattern.search(config_text):
+        raise KeyError(key)
+    return pattern.sub(lambda m: m.group(1) + '"' + value + '"', config_text)
+
+
+def copy_model(target_repo: pathlib.Path, source: str, name: str, parameters: Mapping[str, str] = {}) -> pathlib.Path:
+    """Copies ``model_repository/<source>`` to ``target_repo/<name>`` with some parameters changed."""
+    target = target_repo / name
+    shutil.copytree(MODEL_REPOSITORY / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+    config = target / "config.pbtxt"
+    text = config.read_text()
+    for key, value in parameters.items():
+        text = set_parameter(text, key, value)
+    config.write_text(text)
+    return target
+
+
+def infer_inputs(obs: Mapping[str, Any], extra: Mapping[str, Any] = {}) -> list[grpcclient.InferInput]:
+    """A robot observation (plus extra tensors such as noise or mode) as batch-1 gRPC inputs."""
+    inputs = []
+    for name, value in {**tensor_names.flatten(obs), **extra}.items():
+        if isinstance(value, str | bytes):
+            data = np.array([[value.encode() if isinstance(value, str) else value]], dtype=np.object_)
+            tensor = grpcclient.InferInput(name, [1, 1], "BYTES")
+        else:
+            array = np.asarray(value)
+            if np.issubdtype(array.dtype, np.floating) and name != "noise" and array.dtype != np.float32:
+                array = array.astype(np.float64)
+            data = array[None]
+            tensor = grpcclient.InferInput(name, list(data.shape), NUMPY_TO_TRITON[array.dtype])
+        tensor.set_data_from_numpy(data)
+        inputs.append(tensor)
+    return inputs
