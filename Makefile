@@ -34,12 +34,11 @@ SIZE ?= tiny
 bench: venv
 	$(PY) perf/bench_runtime.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT) --config $(or $(CONFIG),pi05_aloha),--size $(SIZE))
 
-# The Triton stack (model repository, bridge, QUIC sidecar) lands with issues #3-#5; until then this
-# prepares the embedded default and says so instead of pretending to serve.
+# Triton on the local defaults (HTTP 8100, gRPC 8101, metrics 8102) with model_repository/ in poll mode;
+# no checkpoint configured = the embedded default. The bridge (#4) and QUIC sidecar (#5) join it later.
 serve: default-model
-	@echo "make serve: the Triton model repository is not built yet (issue #3); the native runtime and" >&2
-	@echo "its embedded default are ready: see README 'Native runtime'." >&2
-	@exit 1
+	$(PY) -m openpi_triton.triton.launcher --model-repository model_repository \
+		--wait-for action --wait-for planner --wait-for combined_ensemble
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,72 @@
+"""The local launcher CLI: starts tritonserver from the wheel, reports ready, stops on Ctrl-C without orphans."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+from openpi_triton.native.tiny import EmbeddedDefault
+from openpi_triton.triton.launcher import free_ports
+from tests.triton_helpers import copy_model
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_launcher_serves_and_stops_cleanly_on_ctrl_c(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> None:
+    repo = tmp_path / "repo"
+    copy_model(repo, "action", "action", {"batch_buckets": "1"})
+    http, grpc, metrics = free_ports(3)
+    log = tmp_path / "launcher.log"
+    env = {**os.environ, "OPENPI_TRITON_HOME": str(embedded_default.root.parent)}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "openpi_triton.triton.launcher",
+                "--model-repository",
+                str(repo),
+                "--http-port",
+                str(http),
+                "--grpc-port",
+                str(grpc),
+                "--metrics-port",
+                str(metrics),
+                "--wait-for",
+                "action",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while "tritonserver ready" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "launcher never reported ready"
+            time.sleep(0.5)
+        assert _processes_mentioning(str(repo)), "tritonserver is not running"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(1.0)
+    # Stubs are started with their model.py path, so this also covers orphaned Python-backend stubs.
+    assert _processes_mentioning(str(repo)) == [], "tritonserver or a stub outlived the launcher"
