@@ -227,3 +227,16 @@ def test_repository_index_lists_ready_models(client: grpcclient.InferenceServerC
     index = {m["name"]: m.get("state") for m in client.get_model_repository_index(as_json=True)["models"]}
     assert {index[m] for m in ("action", "planner", "combined_ensemble")} == {"READY"}
     assert json.dumps(index)
+
+
+def test_robot_metadata_comes_from_the_served_model(client: grpcclient.InferenceServerClient) -> None:
+    from openpi_triton.metadata import robot_metadata
+
+    for model in ("action", "combined_ensemble"):
+        metadata = robot_metadata(client.get_model_config(model, as_json=True)["config"])
+        assert metadata["action_horizon"] == 50
+        assert metadata["reset_pose"] == [0, -1.5, 1.5, 0, 0, 0]
+        assert metadata["image_specs"] == [
+            {"path": ["images", cam], "target_shape": [3, 224, 224], "dtype": "uint8"}
+            for cam in ("cam_high", "cam_left_wrist", "cam_right_wrist", "cam_low")
+        ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,9 @@ from openpi_triton.tensor_names import unflatten
 from openpi_triton.triton.io_spec import TensorSpec
 
 logger = logging.getLogger("openpi_triton.triton")
+
+# Before any JAX backend starts: each stub allocates what it uses instead of most of the GPU.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 class RequestError(ValueError):

@@ -1,0 +1,58 @@
+"""What robots receive on connect, derived from the served model's Triton config (read over gRPC).
+
+openpi sends its policy metadata (``reset_pose`` for ALOHA configs) and openpi-flash adds
+``action_horizon`` and ``image_specs``. Python-backend auto-completion cannot add parameters to a model
+config, so the metadata is derived from what the served config does carry:
+
+- ``action_horizon``: the first dim of the ``actions`` output;
+- ``image_specs``: every UINT8 camera input, in declaration order; channels-first ``[3, -1, -1]`` inputs
+  advertise ``[3, 224, 224]``, the others ``[224, 224, 3]``;
+- policy metadata: openpi's for the ``model_config_name`` parameter, overridden by an optional
+  ``policy_metadata`` parameter (a JSON object) for configs openpi-triton does not know.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from openpi_triton.native.configs import POLICY_CONFIGS
+from openpi_triton.native.embodiments.base import MODEL_IMAGE_SIZE
+from openpi_triton.tensor_names import key_path
+from openpi_triton.triton.io_spec import ACTIONS
+
+
+def _dims(entry: Mapping[str, Any]) -> list[int]:
+    return [int(d) for d in entry.get("dims", [])]
+
+
+def robot_metadata(model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``model_config``: the JSON form of ``get_model_config(...).config`` for the action-slot model."""
+    params = {k: v.get("string_value", "") for k, v in (model_config.get("parameters") or {}).items()}
+    metadata: dict[str, Any] = {}
+    registered = POLICY_CONFIGS.get(params.get("model_config_name", ""))
+    if registered is not None:
+        metadata.update(registered.metadata)
+    if params.get("policy_metadata"):
+        try:
+            extra = json.loads(params["policy_metadata"])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"parameter 'policy_metadata': expected a JSON object ({exc})") from None
+        if not isinstance(extra, dict):
+            raise ValueError("parameter 'policy_metadata': expected a JSON object")
+        metadata.update(extra)
+    size = MODEL_IMAGE_SIZE
+    metadata["image_specs"] = [
+        {
+            "path": list(key_path(entry["name"])),
+            "target_shape": [3, size, size] if _dims(entry)[:1] == [3] else [size, size, 3],
+            "dtype": "uint8",
+        }
+        for entry in model_config.get("input", [])
+        if entry.get("data_type") == "TYPE_UINT8"
+    ]
+    actions = next((o for o in model_config.get("output", []) if o.get("name") == ACTIONS), None)
+    if actions is not None and _dims(actions) and _dims(actions)[0] > 0:
+        metadata["action_horizon"] = _dims(actions)[0]
+    return metadata
