@@ -1,0 +1,1 @@
+"""Wire codecs robots already speak: openpi's msgpack-numpy (WebSocket) and openpi-flash's LocalFrame."""
