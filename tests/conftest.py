@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -72,3 +78,72 @@ def triton_server(
         yield server
     finally:
         server.stop()
+
+
+@dataclasses.dataclass
+class BridgeProcess:
+    process: subprocess.Popen[bytes]
+    action_port: int
+    planner_port: int
+    admin_port: int
+    action_socket: pathlib.Path
+    planner_socket: pathlib.Path
+    log: pathlib.Path
+    triton_url: str
+
+
+def start_bridge_process(triton_url: str, workdir: pathlib.Path, **overrides: object) -> BridgeProcess:
+    """``python -m openpi_bridge`` as a real process on free ports, waited for until it accepts connections."""
+    action_port, planner_port, admin_port, quic_a, quic_p = free_ports(5)
+    config = {
+        "action": {},
+        "planner": {},
+        "action_transport": {
+            "websocket_port": action_port,
+            "quic_port": quic_a,
+            "unix_socket_path": str(workdir / "a.sock"),
+        },
+        "planner_transport": {
+            "websocket_port": planner_port,
+            "quic_port": quic_p,
+            "unix_socket_path": str(workdir / "p.sock"),
+        },
+        "admin": {"port": admin_port},
+        "host": "127.0.0.1",
+        "triton": {"url": triton_url},
+        **overrides,
+    }
+    (workdir / "bridge.json").write_text(json.dumps(config))
+    log = workdir / "bridge.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "openpi_bridge", "--config", str(workdir / "bridge.json")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    bridge = BridgeProcess(
+        process, action_port, planner_port, admin_port, workdir / "a.sock", workdir / "p.sock", log, triton_url
+    )
+    deadline = time.monotonic() + 60
+    while b"bridge ready" not in log.read_bytes():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"bridge did not start:\n{log.read_text()}")
+        time.sleep(0.1)
+    return bridge
+
+
+def stop_bridge_process(bridge: BridgeProcess) -> None:
+    bridge.process.send_signal(signal.SIGTERM)
+    try:
+        bridge.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        bridge.process.kill()
+
+
+@pytest.fixture(scope="session")
+def bridge(triton_server: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
+    """The bridge in combined mode (action slot -> combined_ensemble, planner slot -> planner)."""
+    running = start_bridge_process(triton_server.grpc_url, tmp_path_factory.mktemp("bridge"))
+    yield running
+    stop_bridge_process(running)

@@ -1,0 +1,120 @@
+"""Bridge configuration: one JSON file (openpi-flash's field names) with ``OPENPI_`` environment overrides.
+
+Precedence: environment > JSON file > defaults. Nested fields use ``__`` (``OPENPI_ACTION_TRANSPORT__WEBSOCKET_PORT``).
+Unknown keys are errors. A slot is enabled by giving it an object (``"action": {}``); configuring the
+planner slot also routes the action slot through ``combined_ensemble``.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_GENERATION_PROMPT_FORMAT = "Task: {task}. Subtask: "
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ActionTransport(_Strict):
+    """Ports and socket of the action slot (openpi-flash's defaults); each field can be overridden alone."""
+
+    websocket_port: int = Field(default=8000, ge=0, le=65535)
+    quic_port: int = Field(default=5555, ge=0, le=65535)
+    unix_socket_path: str = "/tmp/openpi-action.sock"
+
+
+class PlannerTransport(_Strict):
+    websocket_port: int = Field(default=8002, ge=0, le=65535)
+    quic_port: int = Field(default=5556, ge=0, le=65535)
+    unix_socket_path: str = "/tmp/openpi-planner.sock"
+
+
+class ActionSlot(_Strict):
+    """The action slot; the model is ``combined_ensemble`` when a planner is configured, else ``action``."""
+
+    model: str | None = None
+
+
+class PlannerSlot(_Strict):
+    model: str = "planner"
+    generation_prompt_format: str = DEFAULT_GENERATION_PROMPT_FORMAT
+
+    @field_validator("generation_prompt_format")
+    @classmethod
+    def _has_task(cls, value: str) -> str:
+        if "{task}" not in value:
+            raise ValueError("must contain {task}")
+        return value
+
+
+class TritonConfig(_Strict):
+    url: str = "127.0.0.1:8101"
+    action_model: str = "action"
+    combined_model: str = "combined_ensemble"
+    request_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class AdminConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8001, ge=0, le=65535)
+    enabled: bool = True
+
+
+class BridgeConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPENPI_", env_nested_delimiter="__", extra="forbid")
+
+    action: ActionSlot | None = Field(default_factory=ActionSlot)
+    planner: PlannerSlot | None = None
+    action_transport: ActionTransport = Field(default_factory=ActionTransport)
+    planner_transport: PlannerTransport = Field(default_factory=PlannerTransport)
+    triton: TritonConfig = Field(default_factory=TritonConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    host: str = "0.0.0.0"
+    api_key: str | None = None
+    max_message_bytes: int = Field(default=64 * 2**20, gt=0)
+    max_connections: int = Field(default=256, gt=0)
+
+    @model_validator(mode="after")
+    def _one_slot(self) -> BridgeConfig:
+        if self.action is None and self.planner is None:
+            raise ValueError("configure at least one of 'action' or 'planner'")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return env_settings, init_settings
+
+    @property
+    def action_model(self) -> str:
+        if self.action is not None and self.action.model:
+            return self.action.model
+        return self.triton.combined_model if self.planner is not None else self.triton.action_model
+
+
+def load_config(path: str | pathlib.Path | None) -> BridgeConfig:
+    """Reads the JSON file (if any), applies ``OPENPI_*`` overrides, validates; errors name the field."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = pathlib.Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"bridge config {str(file)!r} does not exist")
+        try:
+            data = json.loads(file.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"bridge config {str(file)!r} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"bridge config {str(file)!r} must hold a JSON object")
+    return BridgeConfig(**data)

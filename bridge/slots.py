@@ -1,0 +1,110 @@
+"""Slots (as openpi-flash): what an observation on the action or planner endpoint turns into.
+
+- action slot -> ``combined_ensemble`` when a planner is configured (``obs["mode"]`` is forwarded),
+  else ``action``. Response: ``actions`` (float64, as openpi returns them), ``policy_timing``, and
+  ``subtask`` ``{"text", "ms"}`` when the planner ran; ``subtask_only`` gives exactly ``{"subtask"}``.
+- planner slot -> ``planner``. Response: ``{"subtask": {"text", "ms"}}``; a failed generation gives
+  ``{"text": "", "ms": <elapsed>}`` as openpi-flash does, bad input is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from openpi_bridge.triton_gateway import TritonCallError, TritonGateway
+from openpi_triton.triton import io_spec
+
+logger = logging.getLogger("openpi_bridge")
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    """Settings the admin endpoint may change while serving; read by every request."""
+
+    generation_prompt_format: str
+
+
+def _text(array: np.ndarray) -> str:
+    item = array.reshape(-1)[0]
+    return item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+
+
+def _subtask(outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    return {"text": _text(outputs[io_spec.SUBTASK]), "ms": float(outputs[io_spec.SUBTASK_MS].reshape(-1)[0])}
+
+
+class Slot:
+    name: str
+    model: str
+
+    def __init__(self, gateway: TritonGateway) -> None:
+        self.gateway = gateway
+
+    async def ready(self) -> bool:
+        return await self.gateway.ready(self.model)
+
+    async def metadata(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def infer(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ActionSlot(Slot):
+    name = "action"
+
+    def __init__(self, gateway: TritonGateway, model: str, runtime: RuntimeConfig | None) -> None:
+        super().__init__(gateway)
+        self.model = model
+        self.runtime = runtime
+
+    async def metadata(self) -> dict[str, Any]:
+        return dict((await self.gateway.describe(self.model)).metadata)
+
+    async def infer(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        interface = await self.gateway.describe(self.model)
+        extra: dict[str, Any] = {}
+        if self.runtime is not None and io_spec.GENERATION_PROMPT_FORMAT in interface.inputs:
+            extra[io_spec.GENERATION_PROMPT_FORMAT] = self.runtime.generation_prompt_format
+        outputs = await self.gateway.infer(self.model, obs, extra)
+        response: dict[str, Any] = {}
+        if io_spec.ACTIONS in outputs:
+            response["actions"] = outputs[io_spec.ACTIONS][0].astype(np.float64)
+            response["policy_timing"] = {"infer_ms": float(outputs[io_spec.POLICY_INFER_MS].reshape(-1)[0])}
+        if io_spec.SUBTASK in outputs:
+            response["subtask"] = _subtask(outputs)
+        return response
+
+
+class PlannerSlot(Slot):
+    name = "planner"
+
+    def __init__(self, gateway: TritonGateway, model: str, runtime: RuntimeConfig, action: ActionSlot | None) -> None:
+        super().__init__(gateway)
+        self.model = model
+        self.runtime = runtime
+        self.action = action
+
+    async def metadata(self) -> dict[str, Any]:
+        # openpi-flash: the action slot's image specs in combined mode, nothing in planner-only mode.
+        if self.action is None:
+            return {}
+        return {"image_specs": (await self.action.metadata()).get("image_specs", [])}
+
+    async def infer(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        start = time.perf_counter()
+        extra = {io_spec.GENERATION_PROMPT_FORMAT: self.runtime.generation_prompt_format}
+        try:
+            outputs = await self.gateway.infer(self.model, obs, extra)
+        except TritonCallError as exc:
+            if exc.invalid_argument:
+                raise
+            logger.warning("planner failed, answering an empty subtask: %s", exc)
+            return {"subtask": {"text": "", "ms": (time.perf_counter() - start) * 1000.0}}
+        return {"subtask": _subtask(outputs)}
