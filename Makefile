@@ -34,11 +34,11 @@ SIZE ?= tiny
 bench: venv
 	$(PY) perf/bench_runtime.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT) --config $(or $(CONFIG),pi05_aloha),--size $(SIZE))
 
-# Triton on the local defaults (HTTP 8100, gRPC 8101, metrics 8102) with model_repository/ in poll mode;
-# no checkpoint configured = the embedded default. The bridge (#4) and QUIC sidecar (#5) join it later.
+# The whole stack on the embedded default: Triton (HTTP 8100, gRPC 8101, metrics 8102, poll mode) with
+# model_repository/, and the bridge (WebSocket 8000 action / 8002 planner, admin 127.0.0.1:8001).
+# The QUIC sidecar (issue #5) joins it later. Ctrl-C stops everything.
 serve: default-model
-	$(PY) -m openpi_triton.triton.launcher --model-repository model_repository \
-		--wait-for action --wait-for planner --wait-for combined_ensemble
+	$(PY) -m openpi_triton.stack --model-repository model_repository
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,83 @@
+"""What `make serve` runs: Triton on model_repository/ + the bridge, one command, Ctrl-C stops all of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+from openpi_triton.native.embodiments import EMBODIMENTS
+from openpi_triton.native.tiny import EmbeddedDefault
+from openpi_triton.triton.launcher import free_ports
+from tests.test_launcher import _processes_mentioning
+from tests.triton_helpers import MODEL_REPOSITORY
+
+
+def test_stack_serves_a_robot_and_stops_on_ctrl_c(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> None:
+    http, grpc, metrics, ws_action, ws_planner, admin, q1, q2 = free_ports(8)
+    config = {
+        "action": {},
+        "planner": {},
+        "host": "127.0.0.1",
+        "admin": {"port": admin},
+        "action_transport": {
+            "websocket_port": ws_action,
+            "quic_port": q1,
+            "unix_socket_path": str(tmp_path / "a.sock"),
+        },
+        "planner_transport": {
+            "websocket_port": ws_planner,
+            "quic_port": q2,
+            "unix_socket_path": str(tmp_path / "p.sock"),
+        },
+    }
+    (tmp_path / "bridge.json").write_text(json.dumps(config))
+    log = tmp_path / "stack.log"
+    env = {**os.environ, "OPENPI_TRITON_HOME": str(embedded_default.root.parent)}
+    with open(log, "w") as out:
+        stack = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "openpi_triton.stack",
+                "--model-repository",
+                str(MODEL_REPOSITORY),
+                "--bridge-config",
+                str(tmp_path / "bridge.json"),
+                "--http-port",
+                str(http),
+                "--grpc-port",
+                str(grpc),
+                "--metrics-port",
+                str(metrics),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 600
+        while "bridge ready" not in log.read_text():
+            assert stack.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.5)
+        assert "[stack] ready" in log.read_text()
+        robot = WebsocketClientPolicy(host="127.0.0.1", port=ws_action)
+        assert robot.get_server_metadata()["action_horizon"] == 50
+        result = robot.infer(EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel"))
+        assert result["actions"].shape == (50, 14) and "subtask" in result
+        stack.send_signal(signal.SIGINT)
+        assert stack.wait(timeout=120) == 0, log.read_text()[-4000:]
+    finally:
+        if stack.poll() is None:
+            stack.kill()
+    time.sleep(1.0)
+    assert _processes_mentioning(f"--grpc-port={grpc}") == []
+    assert _processes_mentioning(str(tmp_path / "bridge.json")) == []
