@@ -1,0 +1,112 @@
+"""Bridge overhead: WebSocket round trip through the bridge minus the direct gRPC round trip to the same model.
+
+    python perf/bench_bridge.py [--iters 200]
+
+Starts tritonserver (the `action` model on the embedded default with 1 flow step, to keep the model's
+share of the noise small) and the bridge on free ports, then alternates: one call through the bridge
+with openpi's `WebsocketClientPolicy`, one direct `tritonclient` gRPC call with the same ALOHA-sized
+observation (4 x 3x224x224 uint8 images, state, prompt, noise). Paired differences cancel the drift of
+this shared machine; p50 / p99 of both paths and of the difference are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from openpi_triton.native.embodiments import EMBODIMENTS  # noqa: E402
+from openpi_triton.native.tiny import ensure_embedded_default  # noqa: E402
+from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports  # noqa: E402
+from tests.triton_helpers import copy_model, infer_inputs  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iters", type=int, default=200)
+    args = parser.parse_args(argv)
+    import tritonclient.grpc as grpcclient
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    ensure_embedded_default()
+    work = pathlib.Path(tempfile.mkdtemp(prefix="bench-bridge-"))
+    copy_model(work / "repo", "action", "action", {"num_steps": "1", "batch_buckets": "1"})
+    http, grpc, metrics, ws, quic = free_ports(5)
+    bridge_config = {
+        "action": {},
+        "host": "127.0.0.1",
+        "admin": {"enabled": False},
+        "action_transport": {"websocket_port": ws, "quic_port": quic, "unix_socket_path": str(work / "a.sock")},
+        "triton": {"url": f"127.0.0.1:{grpc}"},
+    }
+    (work / "bridge.json").write_text(json.dumps(bridge_config))
+    server = TritonServer(ServerOptions(work / "repo", http, grpc, metrics), log_stream=open(work / "triton.log", "w"))
+    bridge = None
+    try:
+        server.start()
+        server.wait_ready(["action"], timeout=600)
+        bridge = subprocess.Popen(
+            [sys.executable, "-m", "openpi_bridge", "--config", str(work / "bridge.json")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                robot = WebsocketClientPolicy(host="127.0.0.1", port=ws)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        direct = grpcclient.InferenceServerClient(server.grpc_url)
+        obs = EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel")
+        noise = np.random.default_rng(1).standard_normal((50, 32)).astype(np.float32)
+        for _ in range(10):  # warm both paths
+            robot.infer({**obs, "noise": noise})
+            direct.infer("action", infer_inputs(obs, {"noise": noise}))
+        ws_ms, grpc_ms, diff_ms = [], [], []
+        for _ in range(args.iters):
+            start = time.perf_counter()
+            robot.infer({**obs, "noise": noise})
+            mid = time.perf_counter()
+            direct.infer("action", infer_inputs(obs, {"noise": noise}))
+            end = time.perf_counter()
+            ws_ms.append((mid - start) * 1000)
+            grpc_ms.append((end - mid) * 1000)
+            diff_ms.append(ws_ms[-1] - grpc_ms[-1])
+        print(f"{'path':<28} {'p50 ms':>8} {'p99 ms':>8}")
+        for name, values in (
+            ("WebSocket via bridge", ws_ms),
+            ("direct gRPC", grpc_ms),
+            ("bridge overhead (paired)", diff_ms),
+        ):
+            print(f"{name:<28} {percentile(values, 50):>8.2f} {percentile(values, 99):>8.2f}")
+        print(f"median of overhead: {statistics.median(diff_ms):.2f} ms over {args.iters} pairs")
+    finally:
+        if bridge is not None:
+            bridge.send_signal(signal.SIGTERM)
+            bridge.wait(timeout=20)
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
