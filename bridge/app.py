@@ -59,7 +59,7 @@ def build_slots(config: BridgeConfig, gateway: TritonGateway) -> tuple[dict[str,
 
 
 async def start_bridge(config: BridgeConfig) -> RunningBridge:
-    gateway = TritonGateway(config.triton.url, config.triton.request_timeout_s)
+    gateway = TritonGateway(config.triton.url, config.triton.request_timeout_s, config.triton.shared_memory)
     slots, runtime = build_slots(config, gateway)
     bridge = RunningBridge(config, gateway, slots, runtime)
     transports = {"action": config.action_transport, "planner": config.planner_transport}

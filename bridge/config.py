@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -58,6 +58,8 @@ class TritonConfig(_Strict):
     action_model: str = "action"
     combined_model: str = "combined_ensemble"
     request_timeout_s: float = Field(default=60.0, gt=0)
+    # Images through system shared memory: auto = when Triton's URL is loopback; on; off.
+    shared_memory: Literal["auto", "on", "off"] = "auto"
 
 
 class AdminConfig(_Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -11,8 +12,11 @@ import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
+from openpi_bridge.shared_memory import Region, SharedMemoryPool
 from openpi_triton import tensor_names
 from openpi_triton.metadata import robot_metadata
+
+logger = logging.getLogger("openpi_bridge")
 
 TRITON_DTYPES = {"UINT8": np.uint8, "FP64": np.float64, "FP32": np.float32, "INT32": np.int32, "INT64": np.int64}
 # How long a model's interface is reused before it is read from Triton again (model swaps are picked up).
@@ -110,8 +114,11 @@ def _to_tensor(spec: InputSpec, value: Any) -> np.ndarray:
     return np.ascontiguousarray(array.astype(dtype, copy=False))[None]
 
 
-def build_inputs(interface: ModelInterface, obs: Mapping[str, Any], extra: Mapping[str, Any]) -> list[Any]:
-    """Robot observation (+ bridge-supplied tensors) -> gRPC inputs; unknown keys next to inputs are errors."""
+def build_inputs(
+    interface: ModelInterface, obs: Mapping[str, Any], extra: Mapping[str, Any]
+) -> list[tuple[InputSpec, np.ndarray]]:
+    """Robot observation (+ bridge-supplied tensors) -> (input, batch-1 array) pairs; unknown keys next to
+    inputs are errors, other unknown keys are ignored as openpi ignores them."""
     if not isinstance(obs, Mapping):
         raise ObservationError(f"observation: expected a dict, got {type(obs).__name__}")
     try:
@@ -119,7 +126,7 @@ def build_inputs(interface: ModelInterface, obs: Mapping[str, Any], extra: Mappi
     except ValueError as exc:
         raise ObservationError(str(exc)) from None
     groups = interface.groups
-    tensors = []
+    arrays = []
     for name, value in flat.items():
         spec = interface.inputs.get(name)
         if spec is None:
@@ -128,24 +135,62 @@ def build_inputs(interface: ModelInterface, obs: Mapping[str, Any], extra: Mappi
                 known = sorted(n for n in interface.inputs if tensor_names.key_path(n)[:-1] == path[:-1])
                 raise ObservationError(f"unknown input '{'/'.join(path)}'; the served model takes {known}")
             continue  # keys the model does not use (openpi ignores them too)
-        array = _to_tensor(spec, value)
-        tensor = grpcaio.InferInput(name, list(array.shape), spec.datatype)
-        tensor.set_data_from_numpy(array)
-        tensors.append(tensor)
-    return tensors
+        arrays.append((spec, _to_tensor(spec, value)))
+    return arrays
+
+
+def is_local(url: str) -> bool:
+    host = url.rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
 
 
 class TritonGateway:
-    """One async gRPC channel to Triton shared by every connection of the bridge."""
+    """One async gRPC channel to Triton shared by every connection of the bridge.
 
-    def __init__(self, url: str, request_timeout_s: float) -> None:
+    ``shared_memory``: ``auto`` sends images through system shared memory when Triton is on this host
+    (loopback URL) and falls back to the gRPC payload, with a warning, if Triton cannot map the regions
+    (e.g. a container without the host's /dev/shm); ``on`` makes that an error; ``off`` never uses it.
+    """
+
+    def __init__(self, url: str, request_timeout_s: float, shared_memory: str = "auto") -> None:
         self.url = url
         self.timeout = request_timeout_s
         self.client = grpcaio.InferenceServerClient(url)
         self._interfaces: dict[str, ModelInterface] = {}
+        self.shared_memory_mode = shared_memory
+        self.use_shared_memory = shared_memory == "on" or (shared_memory == "auto" and is_local(url))
+        self.pool = SharedMemoryPool(self.client)
 
     async def close(self) -> None:
+        await self.pool.close()
         await self.client.close()
+
+    async def _region_for(self, images: list[np.ndarray]) -> Region | None:
+        if not self.use_shared_memory or not images:
+            return None
+        try:
+            return await self.pool.acquire(sum(a.nbytes for a in images))
+        except Exception as exc:
+            if self.shared_memory_mode == "on":
+                raise TritonCallError("shared memory", "", f"cannot register a region with Triton: {exc}") from None
+            logger.warning("Triton cannot use this host's shared memory (%s); sending images in the gRPC payload", exc)
+            self.use_shared_memory = False
+            return None
+
+    async def _grpc_inputs(self, arrays: list[tuple[InputSpec, np.ndarray]]) -> tuple[list[Any], Region | None]:
+        images = [a for spec, a in arrays if spec.datatype == "UINT8"]
+        region = await self._region_for(images)
+        tensors, offset = [], 0
+        for spec, array in arrays:
+            tensor = grpcaio.InferInput(spec.name, list(array.shape), spec.datatype)
+            if region is not None and spec.datatype == "UINT8":
+                region.write(array, offset)
+                tensor.set_shared_memory(region.name, array.nbytes, offset)
+                offset += array.nbytes
+            else:
+                tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        return tensors, region
 
     async def describe(self, model: str) -> ModelInterface:
         cached = self._interfaces.get(model)
@@ -170,11 +215,14 @@ class TritonGateway:
 
     async def infer(self, model: str, obs: Mapping[str, Any], extra: Mapping[str, Any] = {}) -> dict[str, np.ndarray]:
         interface = await self.describe(model)
-        inputs = build_inputs(interface, obs, extra)
+        inputs, region = await self._grpc_inputs(build_inputs(interface, obs, extra))
         try:
             result = await self.client.infer(model, inputs, client_timeout=self.timeout)
         except InferenceServerException as exc:
             self._interfaces.pop(model, None)  # the model may have been swapped: read it again next time
             raise TritonCallError(model, str(exc.status() or ""), exc.message() or str(exc)) from None
+        finally:
+            if region is not None:
+                self.pool.release(region)
         names = [o.name for o in result.get_response().outputs]
         return {name: result.as_numpy(name) for name in names}

@@ -226,3 +226,22 @@ def test_admin_config_endpoint(bridge: BridgeProcess) -> None:
         call("PATCH", "/config", {"generation_prompt_format": "Task: {task}. Subtask: "})
     with urllib.request.urlopen(base + "/openapi.json", timeout=10) as response:
         assert "/config" in json.loads(response.read())["paths"]
+
+
+def test_images_travel_through_shared_memory_with_identical_results(
+    bridge: BridgeProcess, triton_server: TritonServer, tmp_path: pathlib.Path
+) -> None:
+    robot = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
+    with_shm = robot.infer(aloha_obs(11, noise=noise(11), mode="action_only"))["actions"]
+    regions = grpcclient.InferenceServerClient(triton_server.grpc_url).get_system_shared_memory_status(as_json=True)
+    assert any(name.startswith("openpi_bridge_") for name in regions.get("regions", {})), regions
+    plain = start_bridge_process(
+        bridge.triton_url, tmp_path, admin={"enabled": False}, triton={"url": bridge.triton_url, "shared_memory": "off"}
+    )
+    try:
+        without = WebsocketClientPolicy(host="127.0.0.1", port=plain.action_port)
+        np.testing.assert_array_equal(
+            without.infer(aloha_obs(11, noise=noise(11), mode="action_only"))["actions"], with_shm
+        )
+    finally:
+        stop_bridge_process(plain)
