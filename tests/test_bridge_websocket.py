@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import pathlib
+import time
 import urllib.error
 import urllib.request
 
@@ -245,3 +246,23 @@ def test_images_travel_through_shared_memory_with_identical_results(
         )
     finally:
         stop_bridge_process(plain)
+
+
+def test_bad_connections_leak_no_file_descriptors(bridge: BridgeProcess) -> None:
+    fd_dir = pathlib.Path(f"/proc/{bridge.process.pid}/fd")
+    WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)  # settle lazily opened resources
+    time.sleep(0.5)
+    before = len(list(fd_dir.iterdir()))
+    for index in range(40):
+        ws = _raw(bridge)
+        if index % 2:
+            ws.send(b"\xc1")
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    ws.recv()
+        else:
+            ws.close()
+    deadline = time.monotonic() + 10
+    while len(list(fd_dir.iterdir())) > before + 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(list(fd_dir.iterdir())) <= before + 2
