@@ -1,0 +1,220 @@
+//! `client` mode: the robot-side sidecar. Python (`FlashTransportPolicy`) talks LocalFrame on a unix
+//! socket; this binary forwards over QUIC (Arrow payloads) to a `server`.
+//!
+//! Beyond openpi-flash: when the QUIC connection is lost the failing request gets an error and the next
+//! request reconnects (openpi-flash never reconnects); on SIGTERM / SIGINT the connection is closed
+//! properly, so the server notices at once instead of after its idle timeout.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use crate::arrow_codec;
+use crate::chunk_cache::ChunkCache;
+use crate::local_frame::{kind, read_message, write_message, LocalFrame};
+use crate::quic::{self, link, LinkOptions};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ClientArgs {
+    #[arg(long)]
+    pub server_host: String,
+    #[arg(long, default_value_t = 5555)]
+    pub server_port: u16,
+    /// Local UDP port; 0 picks a free one.
+    #[arg(long, default_value_t = 5556)]
+    pub local_port: u16,
+    #[arg(long)]
+    pub local_socket_path: PathBuf,
+    #[command(flatten)]
+    pub link: LinkOptions,
+}
+
+/// What the client reads from the server's metadata (unknown keys ignored).
+#[derive(Debug, Default, Deserialize)]
+struct ServerMetadata {
+    #[serde(default)]
+    action_horizon: Option<u64>,
+}
+
+struct Link {
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+/// The QUIC side: one connection and one stream, re-established on demand.
+struct Upstream {
+    endpoint: quinn::Endpoint,
+    server: SocketAddr,
+    link: Option<Link>,
+    max_message_bytes: u32,
+}
+
+impl Upstream {
+    async fn connect(&mut self) -> Result<Vec<u8>> {
+        let connection = self.endpoint.connect(self.server, "localhost")?.await.context("QUIC connect failed")?;
+        let (mut send, mut recv) = connection.open_bi().await?;
+        write_message(&mut send, link::DATA, &[]).await?;
+        let metadata = match read_message(&mut recv, self.max_message_bytes).await? {
+            Some((link::DATA, body)) => body,
+            Some((link::ERROR, text)) => bail!("server refused the handshake: {}", String::from_utf8_lossy(&text)),
+            Some((other, _)) => bail!("handshake answered with type 0x{other:02x}"),
+            None => bail!("server closed the stream during the handshake"),
+        };
+        self.link = Some(Link { connection, send, recv });
+        Ok(metadata)
+    }
+
+    /// One request/response on the link; reconnects first if the previous connection was lost.
+    async fn exchange(&mut self, kind_byte: u8, body: &[u8]) -> Result<(u8, Vec<u8>)> {
+        if self.link.as_ref().is_none_or(|l| l.connection.close_reason().is_some()) {
+            info!("(re)connecting to {}", self.server);
+            self.connect().await?;
+        }
+        let link = self.link.as_mut().expect("connected");
+        let result = async {
+            write_message(&mut link.send, kind_byte, body).await?;
+            read_message(&mut link.recv, self.max_message_bytes).await?.context("server closed the stream")
+        }
+        .await;
+        if result.is_err() {
+            self.link = None; // the next request reconnects
+        }
+        result
+    }
+
+    async fn close(&mut self) {
+        if let Some(link) = self.link.take() {
+            link.connection.close(0u32.into(), b"client closed");
+        }
+        self.endpoint.wait_idle().await;
+    }
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs().with_context(|| format!("cannot resolve {host}"))?.collect();
+    addrs.iter().find(|a| a.is_ipv4()).or_else(|| addrs.first()).copied().context("no address for the server")
+}
+
+fn open_loop_horizon() -> Result<Option<u64>> {
+    match std::env::var("OPENPI_OPEN_LOOP_HORIZON") {
+        Err(_) => Ok(None),
+        Ok(value) => {
+            let n: u64 = value.trim().parse().with_context(|| format!("OPENPI_OPEN_LOOP_HORIZON={value:?} is not an integer"))?;
+            anyhow::ensure!(n >= 1, "OPENPI_OPEN_LOOP_HORIZON must be >= 1");
+            Ok(Some(n))
+        }
+    }
+}
+
+pub async fn run(args: ClientArgs) -> Result<()> {
+    quic::install_crypto_provider();
+    let server = resolve(&args.server_host, args.server_port)?;
+    let bind: SocketAddr = if server.is_ipv4() { ([0, 0, 0, 0], args.local_port).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, args.local_port).into() };
+    let mut endpoint = quinn::Endpoint::client(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
+    endpoint.set_default_client_config(quic::client_config(&args.link)?);
+    let mut upstream = Upstream { endpoint, server, link: None, max_message_bytes: args.link.max_message_bytes };
+    let metadata = upstream.connect().await?;
+    let horizon = rmp_serde::from_slice::<ServerMetadata>(&metadata).unwrap_or_default().action_horizon;
+    let open_loop = open_loop_horizon()?;
+    let chunk = match (open_loop, horizon) {
+        (Some(n), Some(h)) if h >= 1 => Some(n.min(h)),
+        (Some(_), _) => {
+            warn!("OPENPI_OPEN_LOOP_HORIZON is set but the server advertises no action_horizon: chunking off");
+            None
+        }
+        _ => None,
+    };
+
+    if args.local_socket_path.exists() {
+        std::fs::remove_file(&args.local_socket_path)?;
+    }
+    if let Some(parent) = args.local_socket_path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let listener = UnixListener::bind(&args.local_socket_path)?;
+    info!("Local client sidecar socket ready at {}", args.local_socket_path.display());
+    let upstream = Arc::new(Mutex::new(upstream));
+    let metadata = Arc::new(metadata);
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = accepted?;
+                let upstream = upstream.clone();
+                let metadata = metadata.clone();
+                let cache = chunk.map(|n| ChunkCache::new(n, horizon.unwrap_or(n)));
+                tokio::spawn(async move {
+                    if let Err(err) = serve_local(stream, upstream, metadata, cache, args.link.max_message_bytes).await {
+                        warn!("local connection ended: {err:#}");
+                    }
+                });
+            }
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    upstream.lock().await.close().await;
+    let _ = std::fs::remove_file(&args.local_socket_path);
+    Ok(())
+}
+
+async fn serve_local(
+    stream: UnixStream,
+    upstream: Arc<Mutex<Upstream>>,
+    metadata: Arc<Vec<u8>>,
+    mut cache: Option<ChunkCache>,
+    max: u32,
+) -> Result<()> {
+    let (mut reader, mut writer) = stream.into_split();
+    while let Some((message_kind, body)) = read_message(&mut reader, max).await? {
+        match message_kind {
+            kind::METADATA => write_message(&mut writer, kind::METADATA_RESPONSE, &metadata).await?,
+            kind::RESET => {
+                if let Some(cache) = cache.as_mut() {
+                    cache.clear();
+                }
+                match upstream.lock().await.exchange(link::RESET_REQUEST, &[]).await? {
+                    (link::RESET_ACK, _) => write_message(&mut writer, kind::RESET_RESPONSE, &[]).await?,
+                    (other, _) => bail!("server answered RESET with type 0x{other:02x}"),
+                }
+            }
+            kind::INFER => {
+                if let Some(reply) = cache.as_mut().and_then(ChunkCache::next_step) {
+                    write_message(&mut writer, kind::INFER_RESPONSE, &reply.encode()?).await?;
+                    continue;
+                }
+                let frame = LocalFrame::decode(&body)?;
+                let exchanged = upstream.lock().await.exchange(link::DATA, &arrow_codec::encode(&frame)?).await;
+                match exchanged {
+                    Ok((link::DATA, body)) => {
+                        let reply = arrow_codec::decode(&body)?;
+                        let first = match cache.as_mut() {
+                            Some(cache) => cache.store(reply),
+                            None => reply,
+                        };
+                        write_message(&mut writer, kind::INFER_RESPONSE, &first.encode()?).await?;
+                    }
+                    Ok((link::ERROR, text)) => write_message(&mut writer, kind::ERROR, &text).await?,
+                    Ok((other, _)) => bail!("server answered INFER with type 0x{other:02x}"),
+                    Err(err) => {
+                        let text = format!("connection to the openpi-triton server lost ({err:#}); the next request reconnects");
+                        write_message(&mut writer, kind::ERROR, text.as_bytes()).await?;
+                    }
+                }
+            }
+            other => {
+                write_message(&mut writer, kind::ERROR, format!("unknown message type 0x{other:02x}").as_bytes()).await?;
+                bail!("unknown local message type 0x{other:02x}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! QUIC settings shared by both ends (openpi-flash's values) and the stream framing of the QUIC link.
+//!
+//! Link message types: `0x00` Data (handshake, metadata, Arrow payloads), `0x01` Error (UTF-8 text),
+//! `0x02` ResetRequest, `0x03` ResetAck; framing `[u32 BE length][type][body]` as on unix sockets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use quinn::congestion::CubicConfig;
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+pub mod link {
+    pub const DATA: u8 = 0x00;
+    pub const ERROR: u8 = 0x01;
+    pub const RESET_REQUEST: u8 = 0x02;
+    pub const RESET_ACK: u8 = 0x03;
+}
+
+/// Transport tuning flags common to `server` and `client`.
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct LinkOptions {
+    #[arg(long, default_value_t = 10)]
+    pub max_idle_timeout_secs: u64,
+    #[arg(long, default_value_t = 2)]
+    pub keep_alive_interval_secs: u64,
+    #[arg(long, default_value_t = 1_048_576)]
+    pub initial_window_bytes: u64,
+    /// Largest message accepted from a peer, in bytes (type byte + body); larger declared lengths are
+    /// refused before anything is allocated.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: u32,
+}
+
+pub fn transport_config(options: &LinkOptions) -> Result<TransportConfig> {
+    let mut config = TransportConfig::default();
+    let idle = IdleTimeout::try_from(Duration::from_secs(options.max_idle_timeout_secs)).context("idle timeout")?;
+    config.max_idle_timeout(Some(idle));
+    config.keep_alive_interval(Some(Duration::from_secs(options.keep_alive_interval_secs)));
+    config.receive_window(VarInt::from_u32(10_000_000));
+    config.send_window(10_000_000);
+    config.stream_receive_window(VarInt::from_u32(5_000_000));
+    config.initial_rtt(Duration::from_millis(20));
+    config.max_concurrent_bidi_streams(VarInt::from_u32(100));
+    config.max_concurrent_uni_streams(VarInt::from_u32(100));
+    config.datagram_receive_buffer_size(Some(5_000_000));
+    config.datagram_send_buffer_size(5_000_000);
+    config.min_mtu(1200);
+    config.mtu_discovery_config(None);
+    let mut cubic = CubicConfig::default();
+    cubic.initial_window(options.initial_window_bytes);
+    config.congestion_controller_factory(Arc::new(cubic));
+    Ok(config)
+}
+
+pub fn install_crypto_provider() {
+    // Another caller may have installed it already; either way ring is what we use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Server crypto: a fresh self-signed certificate for "localhost", no client auth, no ALPN.
+pub fn server_config(options: &LinkOptions) -> Result<quinn::ServerConfig> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let cert_der = CertificateDer::from(cert.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+    let tls = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(vec![cert_der], key)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(options)?));
+    Ok(config)
+}
+
+/// Client crypto: accepts the server's self-signed certificate (as openpi-flash), still checks signatures.
+pub fn client_config(options: &LinkOptions) -> Result<quinn::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
+        .with_no_client_auth();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config(options)?));
+    Ok(config)
+}
+
+#[derive(Debug)]
+struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

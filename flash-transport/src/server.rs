@@ -1,0 +1,196 @@
+//! `server` mode: QUIC from robots -> the bridge's unix socket (LocalFrame), many connections at once.
+//!
+//! Per QUIC connection: accept its single bidirectional stream, dial the backend socket, answer the
+//! handshake with the backend's metadata, then forward INFER (Arrow <-> LocalFrame, with `server_timing`
+//! injected into successful replies) and RESET until the client goes away.
+
+use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{Map, Value};
+use tokio::net::UnixStream;
+use tracing::{info, warn};
+
+use crate::arrow_codec;
+use crate::local_frame::{kind, read_message, write_message, LocalFrame};
+use crate::quic::{self, link, LinkOptions};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServerArgs {
+    #[arg(long, default_value_t = 5555)]
+    pub listen_port: u16,
+    #[arg(long)]
+    pub backend_socket_path: PathBuf,
+    #[command(flatten)]
+    pub link: LinkOptions,
+}
+
+/// A UDP socket for both IPv4 and IPv6 when the host has IPv6, else IPv4 only.
+fn bind_udp(port: u16) -> Result<UdpSocket> {
+    match UdpSocket::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
+        Ok(socket) => Ok(socket),
+        Err(_) => UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("cannot bind UDP port {port}")),
+    }
+}
+
+pub async fn run(args: ServerArgs) -> Result<()> {
+    quic::install_crypto_provider();
+    let socket = bind_udp(args.listen_port)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(quic::server_config(&args.link)?),
+        socket,
+        quinn::default_runtime().context("no async runtime")?,
+    )?;
+    info!("Listening for QUIC connections on udp://{}", endpoint.local_addr()?);
+    info!("Forwarding requests to Python backend at {}", args.backend_socket_path.display());
+    while let Some(incoming) = endpoint.accept().await {
+        let args = args.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match serve_connection(incoming, &args).await {
+                Ok(()) => info!("Client {remote} disconnected"),
+                Err(err) => warn!("Client {remote}: session ended: {err:#}"),
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn serve_connection(incoming: quinn::Incoming, args: &ServerArgs) -> Result<()> {
+    let connection = incoming.await.context("QUIC handshake failed")?;
+    let (mut send, mut recv) = match connection.accept_bi().await {
+        Ok(streams) => streams,
+        Err(quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed) => return Ok(()),
+        Err(err) => return Err(err.into()),
+    };
+    let backend = UnixStream::connect(&args.backend_socket_path)
+        .await
+        .with_context(|| format!("cannot reach the bridge at {}", args.backend_socket_path.display()))?;
+    let (mut backend_read, mut backend_write) = backend.into_split();
+    let max = args.link.max_message_bytes;
+
+    // Handshake: the client's first frame must be Data (its body is ignored); answer with the metadata.
+    match read_message(&mut recv, max).await? {
+        Some((link::DATA, _)) => {}
+        Some((other, _)) => bail!("handshake: expected a Data frame, got type 0x{other:02x}"),
+        None => return Ok(()),
+    }
+    write_message(&mut backend_write, kind::METADATA, &[]).await?;
+    match read_message(&mut backend_read, max).await?.context("bridge closed during the handshake")? {
+        (kind::METADATA_RESPONSE, body) => write_message(&mut send, link::DATA, &body).await?,
+        (kind::ERROR, body) => write_message(&mut send, link::ERROR, &body).await?,
+        (other, _) => bail!("bridge answered the metadata request with type 0x{other:02x}"),
+    }
+
+    let mut prev_total_ms: Option<f64> = None;
+    loop {
+        let message = match read_message(&mut recv, max).await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(err) if is_disconnect(&err) => break,
+            Err(err) => {
+                let _ = write_message(&mut send, link::ERROR, format!("{err:#}").as_bytes()).await;
+                return Err(err);
+            }
+        };
+        let t0 = Instant::now();
+        match message {
+            (link::DATA, body) => {
+                let frame = match arrow_codec::decode(&body) {
+                    Ok(frame) => frame,
+                    Err(err) => {
+                        let text = format!("Wire-to-local transform failed: {err:#}");
+                        write_message(&mut send, link::ERROR, text.as_bytes()).await?;
+                        continue;
+                    }
+                };
+                write_message(&mut backend_write, kind::INFER, &frame.encode()?).await?;
+                match read_message(&mut backend_read, max).await?.context("bridge closed the socket")? {
+                    (kind::INFER_RESPONSE, body) => {
+                        let mut reply = LocalFrame::decode(&body)?;
+                        let infer_ms = t0.elapsed().as_secs_f64() * 1000.0;
+                        reply.scalar_json = inject_server_timing(&reply.scalar_json, infer_ms, prev_total_ms)?;
+                        write_message(&mut send, link::DATA, &arrow_codec::encode(&reply)?).await?;
+                        prev_total_ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    (kind::ERROR, text) => write_message(&mut send, link::ERROR, &text).await?,
+                    (other, _) => bail!("bridge answered INFER with type 0x{other:02x}"),
+                }
+            }
+            (link::RESET_REQUEST, _) => {
+                write_message(&mut backend_write, kind::RESET, &[]).await?;
+                match read_message(&mut backend_read, max).await?.context("bridge closed the socket")? {
+                    (kind::RESET_RESPONSE, _) => write_message(&mut send, link::RESET_ACK, &[]).await?,
+                    (kind::ERROR, text) => write_message(&mut send, link::ERROR, &text).await?,
+                    (other, _) => bail!("bridge answered RESET with type 0x{other:02x}"),
+                }
+            }
+            (link::ERROR, text) => bail!("client sent an error: {}", String::from_utf8_lossy(&text)),
+            (other, _) => {
+                write_message(&mut send, link::ERROR, format!("unknown message type 0x{other:02x}").as_bytes()).await?;
+                bail!("client sent unknown message type 0x{other:02x}");
+            }
+        }
+    }
+    let _ = send.finish();
+    connection.close(0u32.into(), b"client disconnected");
+    Ok(())
+}
+
+fn is_disconnect(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause.downcast_ref::<quinn::ReadExactError>().is_some()
+            || cause.downcast_ref::<quinn::ConnectionError>().is_some()
+            || cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::NotConnected
+                )
+            })
+    })
+}
+
+/// Sets `server_timing.infer_ms` (and `prev_total_ms` after the first INFER) in the nested scalar JSON.
+pub fn inject_server_timing(scalar_json: &str, infer_ms: f64, prev_total_ms: Option<f64>) -> Result<String> {
+    let mut root: Map<String, Value> = if scalar_json.trim().is_empty() {
+        Map::new()
+    } else {
+        serde_json::from_str(scalar_json).context("reply scalar JSON is not an object")?
+    };
+    let timing = root.entry("server_timing").or_insert_with(|| Value::Object(Map::new()));
+    if !timing.is_object() {
+        *timing = Value::Object(Map::new());
+    }
+    let timing = timing.as_object_mut().expect("object");
+    timing.insert("infer_ms".into(), Value::from(infer_ms));
+    if let Some(prev) = prev_total_ms {
+        timing.insert("prev_total_ms".into(), Value::from(prev));
+    }
+    Ok(serde_json::to_string(&root)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_timing_is_added_and_kept_with_other_keys() {
+        let out = inject_server_timing(r#"{"policy_timing":{"infer_ms":3.0}}"#, 5.0, None).unwrap();
+        let value: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(value["server_timing"]["infer_ms"], 5.0);
+        assert!(value["server_timing"].get("prev_total_ms").is_none());
+        assert_eq!(value["policy_timing"]["infer_ms"], 3.0);
+        let out = inject_server_timing(r#"{"server_timing":1}"#, 2.0, Some(9.0)).unwrap();
+        let value: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(value["server_timing"]["prev_total_ms"], 9.0);
+        assert!(inject_server_timing("[1]", 1.0, None).is_err());
+        assert_eq!(inject_server_timing("", 1.0, None).unwrap(), r#"{"server_timing":{"infer_ms":1.0}}"#);
+    }
+}
