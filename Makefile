@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 GOLDEN ?= ../shared/golden
 
-.PHONY: venv lint test golden-check default-model bench serve clean
+.PHONY: venv lint test golden-check default-model bench serve clean flash-transport flash-transport-release
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,18 @@ venv: $(VENV)/.installed
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	cargo clippy --quiet --manifest-path flash-transport/Cargo.toml --all-targets -- -D warnings
+
+# The QUIC sidecar binary (Rust). Tests use the debug build; `make serve` the release build.
+flash-transport:
+	cargo build --manifest-path flash-transport/Cargo.toml
+
+flash-transport-release:
+	cargo build --release --manifest-path flash-transport/Cargo.toml
 
 # All tests: lint, unit tests, the golden vectors in $(GOLDEN) through the real golden-check CLI.
-test: venv lint
+test: venv lint flash-transport
+	cargo test --quiet --manifest-path flash-transport/Cargo.toml
 	$(PY) -m pytest
 
 # Every case of a golden-format folder against the native runtime; non-zero exit if outside tolerance.
@@ -36,8 +45,8 @@ bench: venv
 
 # The whole stack on the embedded default: Triton (HTTP 8100, gRPC 8101, metrics 8102, poll mode) with
 # model_repository/, and the bridge (WebSocket 8000 action / 8002 planner, admin 127.0.0.1:8001).
-# The QUIC sidecar (issue #5) joins it later. Ctrl-C stops everything.
-serve: default-model
+# plus one supervised QUIC sidecar per slot (UDP 5555 action / 5556 planner). Ctrl-C stops everything.
+serve: default-model flash-transport-release
 	$(PY) -m openpi_triton.stack --model-repository model_repository
 
 clean:

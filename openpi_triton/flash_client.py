@@ -1,0 +1,161 @@
+"""A ``FlashTransportPolicy``-compatible robot client: QUIC through the ``openpi-flash-transport`` binary.
+
+Same constructor and methods as openpi-flash's class, so robot code switches by import. The binary is
+spawned in ``client`` mode with a private unix socket; this class speaks LocalFrame to it.
+
+Binary lookup: ``$OPENPI_FLASH_TRANSPORT_BINARY``, then this checkout's cargo build
+(``flash-transport/target/release``, then ``target/debug``), then ``openpi-flash-transport`` on ``PATH``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import shutil
+import socket
+import struct
+import subprocess
+import time
+import uuid
+from typing import Any
+
+from openpi_client import base_policy, msgpack_numpy
+
+from openpi_triton.protocols import local_frame
+from openpi_triton.protocols.local_frame import MessageType
+
+BINARY_NAME = "openpi-flash-transport"
+STARTUP_TIMEOUT_S = 30.0
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def find_binary() -> pathlib.Path:
+    candidates: list[pathlib.Path] = []
+    if os.environ.get("OPENPI_FLASH_TRANSPORT_BINARY"):
+        candidates.append(pathlib.Path(os.environ["OPENPI_FLASH_TRANSPORT_BINARY"]))
+    for profile in ("release", "debug"):
+        candidates.append(_REPO_ROOT / "flash-transport" / "target" / profile / BINARY_NAME)
+    on_path = shutil.which(BINARY_NAME)
+    if on_path:
+        candidates.append(pathlib.Path(on_path))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    searched = ", ".join(str(c) for c in candidates) or f"{BINARY_NAME} on PATH"
+    raise FileNotFoundError(
+        f"{BINARY_NAME} not found (searched {searched}). Build it with `cargo build --release` in flash-transport/ "
+        "or set OPENPI_FLASH_TRANSPORT_BINARY to override the path."
+    )
+
+
+class FlashTransportPolicy(base_policy.BasePolicy):
+    def __init__(self, host: str, port: int = 5555, local_port: int = 5556, transport_options: object | None = None):
+        if transport_options is not None:
+            raise ValueError("Custom transport_options are not supported by openpi-flash-transport yet")
+        self._socket_path = pathlib.Path("/tmp") / f"openpi-flash-transport-client-{uuid.uuid4().hex}.sock"
+        self._process: subprocess.Popen[str] | None = None
+        self._sock: socket.socket | None = None
+        try:
+            self._process = subprocess.Popen(
+                [
+                    str(find_binary()),
+                    "client",
+                    "--server-host",
+                    host,
+                    "--local-socket-path",
+                    str(self._socket_path),
+                    "--server-port",
+                    str(port),
+                    "--local-port",
+                    str(local_port),
+                    "--max-idle-timeout-secs",
+                    "10",
+                    "--keep-alive-interval-secs",
+                    "2",
+                    "--initial-window-bytes",
+                    "1048576",
+                ],
+                text=True,
+            )
+            self._sock = self._connect()
+            self._metadata = msgpack_numpy.unpackb(self._request(MessageType.METADATA, MessageType.METADATA_RESPONSE))
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self) -> socket.socket:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        assert self._process is not None
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                code = self._process.returncode
+                raise RuntimeError(f"{BINARY_NAME} client exited before opening its local socket (exit_code={code})")
+            if self._socket_path.exists():
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.connect(str(self._socket_path))
+                    return sock
+                except OSError:
+                    sock.close()
+            time.sleep(0.1)
+        raise TimeoutError(f"{BINARY_NAME} client did not open {self._socket_path} within {STARTUP_TIMEOUT_S} s")
+
+    def _recv_exact(self, n: int) -> bytes | None:
+        assert self._sock is not None
+        data = bytearray()
+        while len(data) < n:
+            chunk = self._sock.recv(n - len(data))
+            if not chunk:
+                if not data:
+                    return None
+                raise ConnectionError(f"{BINARY_NAME} disconnected in the middle of a message")
+            data += chunk
+        return bytes(data)
+
+    def _request(self, request: MessageType, expected: MessageType, body: bytes = b"") -> bytes:
+        if self._sock is None:
+            raise ConnectionError(f"{BINARY_NAME} is closed")
+        self._sock.sendall(local_frame.envelope(request, body))
+        header = self._recv_exact(4)
+        if header is None:
+            raise ConnectionError(f"{BINARY_NAME} disconnected unexpectedly")
+        (length,) = struct.unpack(">I", header)
+        payload = self._recv_exact(length) if length else b""
+        if not payload:
+            raise RuntimeError(f"empty response from {BINARY_NAME}")
+        kind, reply = payload[0], payload[1:]
+        if kind == MessageType.ERROR:
+            raise RuntimeError(f"Error from {BINARY_NAME}:\n{reply.decode('utf-8', errors='replace')}")
+        if kind != expected:
+            raise RuntimeError(f"{BINARY_NAME} answered {MessageType(kind).name} to {request.name}")
+        return reply
+
+    def get_server_metadata(self) -> dict[str, Any]:
+        return self._metadata
+
+    def infer(self, obs: dict) -> dict:
+        body = self._request(MessageType.INFER, MessageType.INFER_RESPONSE, local_frame.pack(obs))
+        return local_frame.unpack(body)[1]
+
+    def reset(self) -> None:
+        self._request(MessageType.RESET, MessageType.RESET_RESPONSE)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=5)
+        with contextlib.suppress(FileNotFoundError):
+            self._socket_path.unlink()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()

@@ -1,0 +1,145 @@
+"""QUIC path end to end: our FlashTransportPolicy -> client binary -> QUIC -> server binary -> bridge -> Triton."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import pathlib
+import subprocess
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+from openpi_triton.flash_client import FlashTransportPolicy, find_binary
+from openpi_triton.native.embodiments import EMBODIMENTS
+from openpi_triton.sidecar import SidecarSupervisor
+from openpi_triton.triton.launcher import TritonServer
+from tests.conftest import BridgeProcess
+
+
+def aloha_obs(seed: int, **extra: object) -> dict:
+    obs = EMBODIMENTS["aloha"].example(np.random.default_rng(seed), "fold the towel")
+    noise = np.random.default_rng(900 + seed).standard_normal((50, 32)).astype(np.float32)
+    return {**obs, "noise": noise, "mode": "action_only", **extra}
+
+
+def free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def quic_server(bridge: BridgeProcess) -> Iterator[SidecarSupervisor]:
+    port = free_udp_port()
+    supervisor = SidecarSupervisor("action", port, bridge.action_socket).start()
+    time.sleep(1.0)
+    supervisor.port = port  # type: ignore[attr-defined]
+    yield supervisor
+    supervisor.stop()
+
+
+def connect(server: SidecarSupervisor) -> FlashTransportPolicy:
+    return FlashTransportPolicy("127.0.0.1", port=server.port, local_port=0)  # type: ignore[attr-defined]
+
+
+def test_binary_is_found() -> None:
+    assert find_binary().name == "openpi-flash-transport"
+
+
+def test_quic_gives_the_websocket_answer(quic_server: SidecarSupervisor, bridge: BridgeProcess) -> None:
+    policy = connect(quic_server)
+    try:
+        ws = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
+        assert policy.get_server_metadata() == ws.get_server_metadata()
+        via_quic = policy.infer(aloha_obs(1))
+        via_ws = ws.infer(aloha_obs(1))
+        np.testing.assert_array_equal(via_quic["actions"], via_ws["actions"])
+        assert via_quic["actions"].shape == (50, 14)
+        assert set(via_quic["server_timing"]) == {"infer_ms"}
+        second = policy.infer(aloha_obs(1))
+        assert set(second["server_timing"]) == {"infer_ms", "prev_total_ms"}
+        default = policy.infer(aloha_obs(2, mode="default"))
+        assert set(default["subtask"]) == {"text", "ms"}
+        policy.reset()
+    finally:
+        policy.close()
+
+
+def test_server_errors_reach_the_robot(quic_server: SidecarSupervisor) -> None:
+    policy = connect(quic_server)
+    try:
+        with pytest.raises(RuntimeError, match="state"):
+            policy.infer(aloha_obs(3, state=np.zeros(13)))
+        assert policy.infer(aloha_obs(3))["actions"].shape == (50, 14)  # the connection survives
+    finally:
+        policy.close()
+
+
+def test_eight_quic_robots_are_served_concurrently(quic_server: SidecarSupervisor, triton_server: TritonServer) -> None:
+    robots = [connect(quic_server) for _ in range(8)]
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    before = client.get_inference_statistics("action", as_json=True)["model_stats"][0]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(
+                pool.map(
+                    lambda pair: [pair[1].infer(aloha_obs(pair[0]))["actions"] for _ in range(3)], enumerate(robots)
+                )
+            )
+    finally:
+        for robot in robots:
+            robot.close()
+    after = client.get_inference_statistics("action", as_json=True)["model_stats"][0]
+    assert all(r[0].shape == (50, 14) for r in results)
+    for index, actions in enumerate(results):
+        assert np.abs(actions[0] - actions[2]).max() < 1e-4  # batched vs alone: float rounding only
+        assert index == 0 or np.abs(actions[0] - results[0][0]).max() > 0
+    inferences = int(after["inference_count"]) - int(before.get("inference_count", 0))
+    executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
+    assert inferences == 24 and executions < inferences, "QUIC robots were served one at a time"
+
+
+def test_client_recovers_after_the_server_sidecar_restarts(bridge: BridgeProcess, tmp_path: pathlib.Path) -> None:
+    port = free_udp_port()
+    server = subprocess.Popen(
+        [
+            str(find_binary()),
+            "server",
+            "--listen-port",
+            str(port),
+            "--backend-socket-path",
+            str(bridge.action_socket),
+            "--max-idle-timeout-secs",
+            "3",
+            "--keep-alive-interval-secs",
+            "1",
+        ]
+    )
+    time.sleep(1.0)
+    policy = FlashTransportPolicy("127.0.0.1", port=port, local_port=0)
+    try:
+        assert policy.infer(aloha_obs(4))["actions"].shape == (50, 14)
+        server.kill()
+        server.wait()
+        server = subprocess.Popen(
+            [
+                str(find_binary()),
+                "server",
+                "--listen-port",
+                str(port),
+                "--backend-socket-path",
+                str(bridge.action_socket),
+            ]
+        )
+        time.sleep(12.0)  # the client notices the dead connection within its 10 s idle timeout
+        assert policy.infer(aloha_obs(4))["actions"].shape == (50, 14)
+    finally:
+        policy.close()
+        server.kill()
+        server.wait()
