@@ -1,4 +1,4 @@
-"""What `make serve` runs: Triton on model_repository/ + the bridge, one command, Ctrl-C stops all of it."""
+"""What `make serve` runs: Triton on model_repository/ + bridge + QUIC sidecars; Ctrl-C stops all of it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 import numpy as np
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
+from openpi_triton.flash_client import FlashTransportPolicy
 from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import free_ports
@@ -73,6 +74,15 @@ def test_stack_serves_a_robot_and_stops_on_ctrl_c(embedded_default: EmbeddedDefa
         assert robot.get_server_metadata()["action_horizon"] == 50
         result = robot.infer(EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel"))
         assert result["actions"].shape == (50, 14) and "subtask" in result
+        deadline = time.monotonic() + 30
+        while "Listening for QUIC" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        quic = FlashTransportPolicy("127.0.0.1", port=q1, local_port=0)
+        try:
+            via_quic = quic.infer(EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel"))
+            assert via_quic["actions"].shape == (50, 14) and "subtask" in via_quic
+        finally:
+            quic.close()
         stack.send_signal(signal.SIGINT)
         assert stack.wait(timeout=120) == 0, log.read_text()[-4000:]
     finally:
@@ -81,3 +91,4 @@ def test_stack_serves_a_robot_and_stops_on_ctrl_c(embedded_default: EmbeddedDefa
     time.sleep(1.0)
     assert _processes_mentioning(f"--grpc-port={grpc}") == []
     assert _processes_mentioning(str(tmp_path / "bridge.json")) == []
+    assert _processes_mentioning(str(tmp_path / "a.sock")) == [], "a QUIC sidecar outlived the stack"
