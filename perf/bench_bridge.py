@@ -1,6 +1,9 @@
-"""Bridge overhead: WebSocket round trip through the bridge minus the direct gRPC round trip to the same model.
+"""Transport overheads, side by side in one run: direct gRPC, WebSocket via the bridge, QUIC via the sidecars.
 
     python perf/bench_bridge.py [--iters 200]
+
+Bridge overhead = WebSocket round trip through the bridge minus the direct gRPC round trip to the same
+model. The QUIC path is FlashTransportPolicy -> client binary -> QUIC -> server binary -> bridge.
 
 Starts tritonserver (the `action` model on the embedded default with 1 flow step, to keep the model's
 share of the noise small) and the bridge on free ports, then alternates: one call through the bridge
@@ -44,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     import tritonclient.grpc as grpcclient
     from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
+    from openpi_triton.flash_client import FlashTransportPolicy
+    from openpi_triton.sidecar import SidecarSupervisor
+
     ensure_embedded_default()
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-bridge-"))
     copy_model(work / "repo", "action", "action", {"num_steps": "1", "batch_buckets": "1"})
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     (work / "bridge.json").write_text(json.dumps(bridge_config))
     server = TritonServer(ServerOptions(work / "repo", http, grpc, metrics), log_stream=open(work / "triton.log", "w"))
     bridge = None
+    sidecar = None
+    quic_client = None
     try:
         server.start()
         server.wait_ready(["action"], timeout=600)
@@ -75,31 +83,42 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+        sidecar = SidecarSupervisor("action", quic, work / "a.sock").start()
+        time.sleep(1.0)
+        quic_client = FlashTransportPolicy("127.0.0.1", port=quic, local_port=0)
         direct = grpcclient.InferenceServerClient(server.grpc_url)
         obs = EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel")
         noise = np.random.default_rng(1).standard_normal((50, 32)).astype(np.float32)
-        for _ in range(10):  # warm both paths
+        for _ in range(10):  # warm every path
             robot.infer({**obs, "noise": noise})
+            quic_client.infer({**obs, "noise": noise})
             direct.infer("action", infer_inputs(obs, {"noise": noise}))
-        ws_ms, grpc_ms, diff_ms = [], [], []
+        ws_ms, grpc_ms, diff_ms, quic_ms = [], [], [], []
         for _ in range(args.iters):
             start = time.perf_counter()
             robot.infer({**obs, "noise": noise})
             mid = time.perf_counter()
             direct.infer("action", infer_inputs(obs, {"noise": noise}))
             end = time.perf_counter()
+            quic_client.infer({**obs, "noise": noise})
+            quic_ms.append((time.perf_counter() - end) * 1000)
             ws_ms.append((mid - start) * 1000)
             grpc_ms.append((end - mid) * 1000)
             diff_ms.append(ws_ms[-1] - grpc_ms[-1])
         print(f"{'path':<28} {'p50 ms':>8} {'p99 ms':>8}")
         for name, values in (
             ("WebSocket via bridge", ws_ms),
+            ("QUIC via sidecars + bridge", quic_ms),
             ("direct gRPC", grpc_ms),
             ("bridge overhead (paired)", diff_ms),
         ):
             print(f"{name:<28} {percentile(values, 50):>8.2f} {percentile(values, 99):>8.2f}")
         print(f"median of overhead: {statistics.median(diff_ms):.2f} ms over {args.iters} pairs")
     finally:
+        if quic_client is not None:
+            quic_client.close()
+        if sidecar is not None:
+            sidecar.stop()
         if bridge is not None:
             bridge.send_signal(signal.SIGTERM)
             bridge.wait(timeout=20)
