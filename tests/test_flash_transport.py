@@ -105,38 +105,22 @@ def test_eight_quic_robots_are_served_concurrently(quic_server: SidecarSuperviso
     assert inferences == 24 and executions < inferences, "QUIC robots were served one at a time"
 
 
-def test_client_recovers_after_the_server_sidecar_restarts(bridge: BridgeProcess, tmp_path: pathlib.Path) -> None:
-    port = free_udp_port()
-    server = subprocess.Popen(
-        [
-            str(find_binary()),
-            "server",
-            "--listen-port",
-            str(port),
-            "--backend-socket-path",
-            str(bridge.action_socket),
-            "--max-idle-timeout-secs",
-            "3",
-            "--keep-alive-interval-secs",
-            "1",
-        ]
+def start_server(port: int, socket_path: pathlib.Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(find_binary()), "server", "--listen-port", str(port), "--backend-socket-path", str(socket_path)]
     )
+
+
+def test_client_recovers_after_the_server_sidecar_restarts(bridge: BridgeProcess) -> None:
+    port = free_udp_port()
+    server = start_server(port, bridge.action_socket)
     time.sleep(1.0)
     policy = FlashTransportPolicy("127.0.0.1", port=port, local_port=0)
     try:
         assert policy.infer(aloha_obs(4))["actions"].shape == (50, 14)
         server.kill()
         server.wait()
-        server = subprocess.Popen(
-            [
-                str(find_binary()),
-                "server",
-                "--listen-port",
-                str(port),
-                "--backend-socket-path",
-                str(bridge.action_socket),
-            ]
-        )
+        server = start_server(port, bridge.action_socket)
         time.sleep(12.0)  # the client notices the dead connection within its 10 s idle timeout
         assert policy.infer(aloha_obs(4))["actions"].shape == (50, 14)
     finally:

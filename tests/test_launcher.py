@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 import signal
-import subprocess
-import sys
 import time
 
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import free_ports
-from tests.triton_helpers import copy_model
+from tests.triton_helpers import copy_model, spawn_module
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -33,28 +30,23 @@ def test_launcher_serves_and_stops_cleanly_on_ctrl_c(embedded_default: EmbeddedD
     copy_model(repo, "action", "action", {"batch_buckets": "1"})
     http, grpc, metrics = free_ports(3)
     log = tmp_path / "launcher.log"
-    env = {**os.environ, "OPENPI_TRITON_HOME": str(embedded_default.root.parent)}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "openpi_triton.triton.launcher",
-                "--model-repository",
-                str(repo),
-                "--http-port",
-                str(http),
-                "--grpc-port",
-                str(grpc),
-                "--metrics-port",
-                str(metrics),
-                "--wait-for",
-                "action",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    proc = spawn_module(
+        "openpi_triton.triton.launcher",
+        [
+            "--model-repository",
+            str(repo),
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+            "--wait-for",
+            "action",
+        ],
+        log,
+        embedded_default.root.parent,
+    )
     try:
         deadline = time.monotonic() + 300
         while "tritonserver ready" not in log.read_text():

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -18,7 +15,7 @@ from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import free_ports
 from tests.test_launcher import _processes_mentioning
-from tests.triton_helpers import MODEL_REPOSITORY
+from tests.triton_helpers import MODEL_REPOSITORY, spawn_module
 
 
 def test_stack_serves_a_robot_and_stops_on_ctrl_c(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> None:
@@ -41,28 +38,23 @@ def test_stack_serves_a_robot_and_stops_on_ctrl_c(embedded_default: EmbeddedDefa
     }
     (tmp_path / "bridge.json").write_text(json.dumps(config))
     log = tmp_path / "stack.log"
-    env = {**os.environ, "OPENPI_TRITON_HOME": str(embedded_default.root.parent)}
-    with open(log, "w") as out:
-        stack = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "openpi_triton.stack",
-                "--model-repository",
-                str(MODEL_REPOSITORY),
-                "--bridge-config",
-                str(tmp_path / "bridge.json"),
-                "--http-port",
-                str(http),
-                "--grpc-port",
-                str(grpc),
-                "--metrics-port",
-                str(metrics),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    stack = spawn_module(
+        "openpi_triton.stack",
+        [
+            "--model-repository",
+            str(MODEL_REPOSITORY),
+            "--bridge-config",
+            str(tmp_path / "bridge.json"),
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+        ],
+        log,
+        embedded_default.root.parent,
+    )
     try:
         deadline = time.monotonic() + 600
         while "bridge ready" not in log.read_text():

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,3 +57,10 @@ def infer_inputs(obs: Mapping[str, Any], extra: Mapping[str, Any] = {}) -> list[
         tensor.set_data_from_numpy(data)
         inputs.append(tensor)
     return inputs
+
+
+def spawn_module(module: str, args: list[str], log: pathlib.Path, home: pathlib.Path) -> subprocess.Popen[bytes]:
+    """``python -m module args`` with output in ``log`` and the embedded default under ``home``."""
+    env = {**os.environ, "OPENPI_TRITON_HOME": str(home)}
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
