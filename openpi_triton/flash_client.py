@@ -3,8 +3,8 @@
 Same constructor and methods as openpi-flash's class, so robot code switches by import. The binary is
 spawned in ``client`` mode with a private unix socket; this class speaks LocalFrame to it.
 
-Binary lookup: ``$OPENPI_FLASH_TRANSPORT_BINARY``, then this checkout's cargo build
-(``flash-transport/target/release``, then ``target/debug``), then ``openpi-flash-transport`` on ``PATH``.
+Binary lookup: ``$OPENPI_FLASH_TRANSPORT_BINARY``, then this checkout's newest cargo build
+(``flash-transport/target/{release,debug}``), then ``openpi-flash-transport`` on ``PATH``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ def find_binary() -> pathlib.Path:
     candidates: list[pathlib.Path] = []
     if os.environ.get("OPENPI_FLASH_TRANSPORT_BINARY"):
         candidates.append(pathlib.Path(os.environ["OPENPI_FLASH_TRANSPORT_BINARY"]))
-    for profile in ("release", "debug"):
-        candidates.append(_REPO_ROOT / "flash-transport" / "target" / profile / BINARY_NAME)
+    # Of this checkout's builds, the most recent one (a stale release build must not shadow a fresh debug one).
+    builds = [_REPO_ROOT / "flash-transport" / "target" / profile / BINARY_NAME for profile in ("release", "debug")]
+    candidates += sorted((b for b in builds if b.is_file()), key=lambda b: b.stat().st_mtime, reverse=True)
     on_path = shutil.which(BINARY_NAME)
     if on_path:
         candidates.append(pathlib.Path(on_path))

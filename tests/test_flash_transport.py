@@ -127,3 +127,75 @@ def test_client_recovers_after_the_server_sidecar_restarts(bridge: BridgeProcess
         policy.close()
         server.kill()
         server.wait()
+
+
+def test_client_preprocesses_images_like_openpi(quic_server: SidecarSupervisor, bridge: BridgeProcess) -> None:
+    """A robot sends 240x320 HWC frames over QUIC; the client binary resizes them to the advertised
+    [3, 224, 224] as openpi's resize_with_pad would, so the answer equals the WebSocket answer for the
+    frames resized on the robot with openpi-client."""
+    from openpi_client.image_tools import resize_with_pad
+
+    rng = np.random.default_rng(12)
+    frames = {cam: rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for cam in ("cam_high", "cam_left_wrist")}
+    raw = aloha_obs(12)
+    raw["images"] = dict(frames)
+    resized = aloha_obs(12)
+    resized["images"] = {cam: resize_with_pad(f, 224, 224).transpose(2, 0, 1) for cam, f in frames.items()}
+    policy = connect(quic_server)
+    try:
+        via_quic = policy.infer(raw)["actions"]
+    finally:
+        policy.close()
+    via_ws = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port).infer(resized)["actions"]
+    assert np.abs(via_quic - via_ws).max() < 1e-4
+
+
+def test_server_notices_a_closing_client_at_once_and_serves_ipv6(bridge: BridgeProcess, tmp_path: pathlib.Path) -> None:
+    port = free_udp_port()
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [
+                str(find_binary()),
+                "server",
+                "--listen-port",
+                str(port),
+                "--backend-socket-path",
+                str(bridge.action_socket),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        time.sleep(1.0)
+        policy = FlashTransportPolicy("::1", port=port, local_port=0)  # IPv6 loopback
+        assert policy.infer(aloha_obs(5))["actions"].shape == (50, 14)
+        policy.close()
+        deadline = time.monotonic() + 3.0  # well under the 10 s idle timeout
+        while "disconnected" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "disconnected" in log.read_text(), log.read_text()
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_supervisor_restarts_a_crashed_sidecar(bridge: BridgeProcess) -> None:
+    port = free_udp_port()
+    supervisor = SidecarSupervisor("action", port, bridge.action_socket).start()
+    try:
+        time.sleep(1.0)
+        assert supervisor.process is not None
+        supervisor.process.kill()
+        deadline = time.monotonic() + 15
+        while supervisor.restarts == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert supervisor.restarts == 1
+        time.sleep(1.0)
+        policy = FlashTransportPolicy("127.0.0.1", port=port, local_port=0)
+        try:
+            assert policy.infer(aloha_obs(6))["actions"].shape == (50, 14)
+        finally:
+            policy.close()
+    finally:
+        supervisor.stop()

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::arrow_codec;
 use crate::chunk_cache::ChunkCache;
+use crate::image_preprocess::{self, ImageSpec};
 use crate::local_frame::{kind, read_message, write_message, LocalFrame};
 use crate::quic::{self, link, LinkOptions};
 
@@ -40,6 +41,8 @@ pub struct ClientArgs {
 struct ServerMetadata {
     #[serde(default)]
     action_horizon: Option<u64>,
+    #[serde(default)]
+    image_specs: Vec<ImageSpec>,
 }
 
 struct Link {
@@ -121,7 +124,12 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     endpoint.set_default_client_config(quic::client_config(&args.link)?);
     let mut upstream = Upstream { endpoint, server, link: None, max_message_bytes: args.link.max_message_bytes };
     let metadata = upstream.connect().await?;
-    let horizon = rmp_serde::from_slice::<ServerMetadata>(&metadata).unwrap_or_default().action_horizon;
+    let parsed = rmp_serde::from_slice::<ServerMetadata>(&metadata).unwrap_or_else(|err| {
+        warn!("cannot read image_specs / action_horizon from the server metadata ({err}): preprocessing and chunking off");
+        ServerMetadata::default()
+    });
+    let horizon = parsed.action_horizon.filter(|&h| h >= 1);
+    let specs = Arc::new(parsed.image_specs);
     let open_loop = open_loop_horizon()?;
     let chunk = match (open_loop, horizon) {
         (Some(n), Some(h)) if h >= 1 => Some(n.min(h)),
@@ -150,9 +158,10 @@ pub async fn run(args: ClientArgs) -> Result<()> {
                 let (stream, _) = accepted?;
                 let upstream = upstream.clone();
                 let metadata = metadata.clone();
+                let specs = specs.clone();
                 let cache = chunk.map(|n| ChunkCache::new(n, horizon.unwrap_or(n)));
                 tokio::spawn(async move {
-                    if let Err(err) = serve_local(stream, upstream, metadata, cache, args.link.max_message_bytes).await {
+                    if let Err(err) = serve_local(stream, upstream, metadata, specs, cache, args.link.max_message_bytes).await {
                         warn!("local connection ended: {err:#}");
                     }
                 });
@@ -170,6 +179,7 @@ async fn serve_local(
     stream: UnixStream,
     upstream: Arc<Mutex<Upstream>>,
     metadata: Arc<Vec<u8>>,
+    specs: Arc<Vec<ImageSpec>>,
     mut cache: Option<ChunkCache>,
     max: u32,
 ) -> Result<()> {
@@ -191,7 +201,11 @@ async fn serve_local(
                     write_message(&mut writer, kind::INFER_RESPONSE, &reply.encode()?).await?;
                     continue;
                 }
-                let frame = LocalFrame::decode(&body)?;
+                let mut frame = LocalFrame::decode(&body)?;
+                if let Err(err) = image_preprocess::preprocess(&mut frame, &specs) {
+                    write_message(&mut writer, kind::ERROR, format!("{err:#}").as_bytes()).await?;
+                    continue;
+                }
                 let exchanged = upstream.lock().await.exchange(link::DATA, &arrow_codec::encode(&frame)?).await;
                 match exchanged {
                     Ok((link::DATA, body)) => {

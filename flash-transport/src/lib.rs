@@ -7,6 +7,7 @@
 //! - [`server`], [`client`]: the two modes; [`chunk_cache`]: the client's open-loop action cache.
 pub mod arrow_codec;
 pub mod chunk_cache;
+pub mod image_preprocess;
 pub mod client;
 pub mod local_frame;
 pub mod quic;

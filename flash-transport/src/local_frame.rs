@@ -321,6 +321,14 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn handshake_frame_bytes() {
+        // The QUIC handshake is a Data frame (type 0x00) with an empty body.
+        let mut buffer = Vec::new();
+        write_message(&mut buffer, 0x00, &[]).await.unwrap();
+        assert_eq!(buffer, vec![0x00, 0x00, 0x00, 0x01, 0x00]);
+    }
+
+    #[tokio::test]
     async fn envelope_round_trip_and_limits() {
         let mut buffer = Vec::new();
         write_message(&mut buffer, kind::INFER, &worked_example()).await.unwrap();
