@@ -199,3 +199,26 @@ def test_supervisor_restarts_a_crashed_sidecar(bridge: BridgeProcess) -> None:
             policy.close()
     finally:
         supervisor.stop()
+
+
+def test_open_loop_horizon_serves_cached_steps(
+    quic_server: SidecarSupervisor, bridge: BridgeProcess, triton_server: TritonServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENPI_OPEN_LOOP_HORIZON", "3")
+    policy = connect(quic_server)
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    before = int(
+        client.get_inference_statistics("combined_ensemble", as_json=True)["model_stats"][0].get("inference_count", 0)
+    )
+    try:
+        steps = [policy.infer(aloha_obs(7))["actions"] for _ in range(4)]
+    finally:
+        policy.close()
+    after = int(
+        client.get_inference_statistics("combined_ensemble", as_json=True)["model_stats"][0].get("inference_count", 0)
+    )
+    assert after - before == 2, "3 steps from one chunk, then a new call"
+    assert all(step.shape == (14,) for step in steps)
+    full = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port).infer(aloha_obs(7))
+    np.testing.assert_array_equal(steps[1], full["actions"][1])
+    np.testing.assert_array_equal(steps[3], full["actions"][0])
