@@ -8,7 +8,7 @@ import time
 
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import free_ports
-from tests.triton_helpers import copy_model, spawn_module
+from tests.triton_helpers import copy_model, spawn_module, wait_for_log
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -48,11 +48,7 @@ def test_launcher_serves_and_stops_cleanly_on_ctrl_c(embedded_default: EmbeddedD
         embedded_default.root.parent,
     )
     try:
-        deadline = time.monotonic() + 300
-        while "tritonserver ready" not in log.read_text():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "launcher never reported ready"
-            time.sleep(0.5)
+        wait_for_log(proc, log, "tritonserver ready", timeout=300)
         assert _processes_mentioning(str(repo)), "tritonserver is not running"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0

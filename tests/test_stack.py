@@ -15,7 +15,7 @@ from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import free_ports
 from tests.test_launcher import _processes_mentioning
-from tests.triton_helpers import MODEL_REPOSITORY, spawn_module
+from tests.triton_helpers import MODEL_REPOSITORY, spawn_module, wait_for_log
 
 
 def test_stack_serves_a_robot_and_stops_on_ctrl_c(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> None:
@@ -56,19 +56,13 @@ def test_stack_serves_a_robot_and_stops_on_ctrl_c(embedded_default: EmbeddedDefa
         embedded_default.root.parent,
     )
     try:
-        deadline = time.monotonic() + 600
-        while "bridge ready" not in log.read_text():
-            assert stack.poll() is None, log.read_text()[-4000:]
-            assert time.monotonic() < deadline, log.read_text()[-4000:]
-            time.sleep(0.5)
+        wait_for_log(stack, log, "bridge ready", timeout=600)
         assert "[stack] ready" in log.read_text()
         robot = WebsocketClientPolicy(host="127.0.0.1", port=ws_action)
         assert robot.get_server_metadata()["action_horizon"] == 50
         result = robot.infer(EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel"))
         assert result["actions"].shape == (50, 14) and "subtask" in result
-        deadline = time.monotonic() + 30
-        while "Listening for QUIC" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for_log(stack, log, "Listening for QUIC", timeout=30)
         quic = FlashTransportPolicy("127.0.0.1", port=q1, local_port=0)
         try:
             via_quic = quic.infer(EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel"))

@@ -64,3 +64,17 @@ def spawn_module(module: str, args: list[str], log: pathlib.Path, home: pathlib.
     env = {**os.environ, "OPENPI_TRITON_HOME": str(home)}
     with open(log, "w") as out:
         return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def wait_for_log(process: subprocess.Popen[bytes], log: pathlib.Path, text: str, timeout: float) -> None:
+    """Waits until ``text`` appears in ``log``; fails with the log's tail if the process dies or time runs out."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        tail = log.read_text(errors="replace")[-4000:]
+        if process.poll() is not None:
+            raise AssertionError(f"process exited before logging {text!r}:\n{tail}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not logged within {timeout:.0f} s:\n{tail}")
+        time.sleep(0.3)

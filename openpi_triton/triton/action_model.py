@@ -12,7 +12,7 @@ import triton_python_backend_utils as pb_utils
 from openpi_triton.native.configs import get_policy_config
 from openpi_triton.native.policy import NativePolicy, PolicyOptions, PreparedObservation, load_policy
 from openpi_triton.triton import backend, io_spec
-from openpi_triton.triton.model_params import ActionParams, ParameterError, read_parameters
+from openpi_triton.triton.model_params import ActionParams, read_parameters
 
 
 class ActionModel:
@@ -25,10 +25,7 @@ class ActionModel:
         return backend.add_io(auto_complete_model_config, io_spec.action_inputs(config), io_spec.action_outputs(config))
 
     def initialize(self, args: dict[str, str]) -> None:
-        try:
-            self.params = ActionParams.parse(backend.model_parameters(args))
-        except ParameterError as exc:
-            raise pb_utils.TritonModelException(str(exc)) from None
+        self.params = backend.parse_parameters(ActionParams.parse, args)
         if self.params.runtime != "native":
             raise pb_utils.TritonModelException(
                 f"parameter 'runtime': {self.params.runtime!r} is not available in this build (issue #6); use 'native'"
@@ -41,10 +38,10 @@ class ActionModel:
             default_prompt=self.params.default_prompt,
             tokenizer_path=tokenizer_path,
         )
-        try:
-            self.policy = load_policy(self.params.config.name, checkpoint_dir, options, backend.jax_device(args))
-        except (ValueError, FileNotFoundError) as exc:
-            raise pb_utils.TritonModelException(f"{args['model_name']}: {exc}") from None
+        device = backend.jax_device(args)
+        self.policy = backend.load_or_fail(
+            args, lambda: load_policy(self.params.config.name, checkpoint_dir, options, device)
+        )
         self.inputs = io_spec.action_inputs(self.params.config)
         self.metrics = backend.ModelMetrics.create(args["model_name"], "action")
         seconds = self.policy.warmup()

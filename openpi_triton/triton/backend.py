@@ -12,8 +12,8 @@ import json
 import logging
 import os
 import pathlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -22,6 +22,7 @@ from openpi_triton.tensor_names import unflatten
 from openpi_triton.triton.io_spec import TensorSpec
 
 logger = logging.getLogger("openpi_triton.triton")
+T = TypeVar("T")
 
 # Before any JAX backend starts: each stub allocates what it uses instead of most of the GPU.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -161,6 +162,24 @@ def model_parameters(args: dict[str, str]) -> dict[str, str]:
     from openpi_triton.triton.model_params import read_parameters
 
     return read_parameters(json.loads(args["model_config"]))
+
+
+def parse_parameters(parse: Callable[[dict[str, str]], T], args: dict[str, str]) -> T:
+    """Parses config.pbtxt parameters; a bad one fails the load with its message."""
+    from openpi_triton.triton.model_params import ParameterError
+
+    try:
+        return parse(model_parameters(args))
+    except ParameterError as exc:
+        raise pb_utils.TritonModelException(str(exc)) from None
+
+
+def load_or_fail(args: dict[str, str], load: Callable[[], T]) -> T:
+    """Runs a checkpoint load; a bad checkpoint or tokenizer fails the model load with a clear message."""
+    try:
+        return load()
+    except (ValueError, FileNotFoundError) as exc:
+        raise pb_utils.TritonModelException(f"{args['model_name']}: {exc}") from None
 
 
 def resolve_weights(checkpoint_dir: str, tokenizer_path: str) -> tuple[pathlib.Path, str | None]:

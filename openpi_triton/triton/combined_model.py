@@ -21,7 +21,7 @@ import triton_python_backend_utils as pb_utils
 
 from openpi_triton.native.configs import get_policy_config
 from openpi_triton.triton import backend, io_spec
-from openpi_triton.triton.model_params import CombinedParams, ParameterError, read_parameters
+from openpi_triton.triton.model_params import CombinedParams, read_parameters
 
 PLANNER_OUTPUTS = [io_spec.SUBTASK, io_spec.SUBTASK_MS, io_spec.ACTION_PROMPT]
 ACTION_OUTPUTS = [io_spec.ACTIONS, io_spec.POLICY_INFER_MS]
@@ -52,10 +52,7 @@ class CombinedModel:
         )
 
     def initialize(self, args: dict[str, str]) -> None:
-        try:
-            self.params = CombinedParams.parse(backend.model_parameters(args))
-        except ParameterError as exc:
-            raise pb_utils.TritonModelException(str(exc)) from None
+        self.params = backend.parse_parameters(CombinedParams.parse, args)
         config = self.params.config
         self.action_inputs = [s.name for s in io_spec.action_inputs(config)]
         self.planner_inputs = [s.name for s in io_spec.planner_inputs(config)]

@@ -10,7 +10,7 @@ import triton_python_backend_utils as pb_utils
 from openpi_triton.native.configs import get_policy_config
 from openpi_triton.native.planner import PlannerInput, PlannerOptions, SubtaskPlanner, load_planner
 from openpi_triton.triton import backend, io_spec
-from openpi_triton.triton.model_params import ParameterError, PlannerParams, read_parameters
+from openpi_triton.triton.model_params import PlannerParams, read_parameters
 
 
 def splice_action_prompt(template: str, task: str, subtask: str) -> str:
@@ -28,10 +28,7 @@ class PlannerModel:
         return backend.add_io(auto_complete_model_config, io_spec.planner_inputs(config), io_spec.planner_outputs())
 
     def initialize(self, args: dict[str, str]) -> None:
-        try:
-            self.params = PlannerParams.parse(backend.model_parameters(args))
-        except ParameterError as exc:
-            raise pb_utils.TritonModelException(str(exc)) from None
+        self.params = backend.parse_parameters(PlannerParams.parse, args)
         checkpoint_dir, tokenizer_path = backend.resolve_weights(self.params.checkpoint_dir, self.params.tokenizer_path)
         options = PlannerOptions(
             max_generation_tokens=self.params.max_generation_tokens,
@@ -40,10 +37,8 @@ class PlannerModel:
             batch_buckets=self.params.batch_buckets,
             tokenizer_path=tokenizer_path,
         )
-        try:
-            self.planner = load_planner(checkpoint_dir, options, backend.jax_device(args))
-        except (ValueError, FileNotFoundError) as exc:
-            raise pb_utils.TritonModelException(f"{args['model_name']}: {exc}") from None
+        device = backend.jax_device(args)
+        self.planner = backend.load_or_fail(args, lambda: load_planner(checkpoint_dir, options, device))
         self.inputs = io_spec.planner_inputs(self.params.config)
         self.metrics = backend.ModelMetrics.create(args["model_name"], "planner")
         seconds = self.planner.warmup()
