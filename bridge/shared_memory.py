@@ -62,7 +62,12 @@ class SharedMemoryPool:
         return region
 
     def release(self, region: Region) -> None:
-        self.free.append(region)
+        if region in self.regions:  # not dropped by reset() while it was in use
+            self.free.append(region)
+
+    async def reset(self) -> None:
+        """Drops every region (Triton no longer knows them); new ones are registered on demand."""
+        await self.close()
 
     async def close(self) -> None:
         for region in self.regions:

@@ -215,14 +215,24 @@ class TritonGateway:
 
     async def infer(self, model: str, obs: Mapping[str, Any], extra: Mapping[str, Any] = {}) -> dict[str, np.ndarray]:
         interface = await self.describe(model)
-        inputs, region = await self._grpc_inputs(build_inputs(interface, obs, extra))
-        try:
-            result = await self.client.infer(model, inputs, client_timeout=self.timeout)
-        except InferenceServerException as exc:
-            self._interfaces.pop(model, None)  # the model may have been swapped: read it again next time
-            raise TritonCallError(model, str(exc.status() or ""), exc.message() or str(exc)) from None
-        finally:
-            if region is not None:
-                self.pool.release(region)
+        arrays = build_inputs(interface, obs, extra)
+        for attempt in (1, 2):
+            inputs, region = await self._grpc_inputs(arrays)
+            try:
+                result = await self.client.infer(model, inputs, client_timeout=self.timeout)
+                break
+            except InferenceServerException as exc:
+                self._interfaces.pop(model, None)  # the model may have been swapped: read it again next time
+                message = exc.message() or str(exc)
+                if attempt == 1 and region is not None and "shared memory" in message.lower():
+                    # Triton restarted and forgot our regions: register fresh ones and send again.
+                    logger.warning("Triton lost the shared-memory registrations (%s); registering again", message)
+                    region = None
+                    await self.pool.reset()
+                    continue
+                raise TritonCallError(model, str(exc.status() or ""), message) from None
+            finally:
+                if region is not None:
+                    self.pool.release(region)
         names = [o.name for o in result.get_response().outputs]
         return {name: result.as_numpy(name) for name in names}
