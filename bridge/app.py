@@ -59,7 +59,7 @@ def build_slots(config: BridgeConfig, gateway: TritonGateway) -> tuple[dict[str,
 
 
 async def start_bridge(config: BridgeConfig) -> RunningBridge:
-    gateway = TritonGateway(config.triton.url, config.triton.request_timeout_s, config.triton.shared_memory)
+    gateway = TritonGateway(config.triton_urls, config.triton.request_timeout_s, config.triton.shared_memory)
     slots, runtime = build_slots(config, gateway)
     bridge = RunningBridge(config, gateway, slots, runtime)
     transports = {"action": config.action_transport, "planner": config.planner_transport}
@@ -109,7 +109,7 @@ async def serve_forever(config: BridgeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    logger.warning("bridge ready (Triton at %s)", config.triton.url)
+    logger.warning("bridge ready (Triton at %s)", ", ".join(config.triton_urls))
     try:
         await stop.wait()
     finally:

@@ -55,6 +55,8 @@ class PlannerSlot(_Strict):
 
 class TritonConfig(_Strict):
     url: str = "127.0.0.1:8101"
+    # Several Triton servers (scale-out): requests go to the one with the least outstanding work.
+    urls: list[str] | None = None
     action_model: str = "action"
     combined_model: str = "combined_ensemble"
     request_timeout_s: float = Field(default=60.0, gt=0)
@@ -98,6 +100,10 @@ class BridgeConfig(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return env_settings, init_settings
+
+    @property
+    def triton_urls(self) -> list[str]:
+        return self.triton.urls or [self.triton.url]
 
     @property
     def action_model(self) -> str:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,8 @@ class TritonCallError(RuntimeError):
         super().__init__(f"{model}: {status}: {message}" if status else f"{model}: {message}")
         self.status = status
         self.invalid_argument = "INVALID_ARG" in status
+        # The server could not be reached or does not have the model: the request never ran there.
+        self.not_executed = "UNAVAILABLE" in status or ("NOT_FOUND" in status and "unknown model" in message.lower())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,42 +147,122 @@ def is_local(url: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
-class TritonGateway:
-    """One async gRPC channel to Triton shared by every connection of the bridge.
+HEALTH_INTERVAL_S = 1.0
+_MAX_MESSAGE = 2**31 - 1
+# gRPC backs off up to 2 minutes between reconnects by default; a restarted Triton must be found in ~1 s.
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", _MAX_MESSAGE),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
-    ``shared_memory``: ``auto`` sends images through system shared memory when Triton is on this host
+
+@dataclasses.dataclass
+class Endpoint:
+    """One Triton server: its channel, its shared-memory pool, the requests in flight, its health."""
+
+    url: str
+    client: Any
+    pool: SharedMemoryPool
+    use_shared_memory: bool
+    outstanding: int = 0
+    healthy: bool = True
+
+
+class TritonGateway:
+    """Async gRPC channels to one or more Triton servers, shared by every connection of the bridge.
+
+    Several URLs (``triton.urls``) spread requests by least outstanding work; an endpoint whose call fails
+    as unavailable, or that stops answering the health check (every second), gets no new requests until
+    it is ready again. Requests in flight on a server that dies fail; later ones go to the others.
+
+    ``shared_memory``: ``auto`` sends images through system shared memory to Triton servers on this host
     (loopback URL) and falls back to the gRPC payload, with a warning, if Triton cannot map the regions
     (e.g. a container without the host's /dev/shm); ``on`` makes that an error; ``off`` never uses it.
     """
 
-    def __init__(self, url: str, request_timeout_s: float, shared_memory: str = "auto") -> None:
-        self.url = url
+    def __init__(self, urls: str | Sequence[str], request_timeout_s: float, shared_memory: str = "auto") -> None:
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        if not self.urls:
+            raise ValueError("at least one Triton URL is needed")
         self.timeout = request_timeout_s
-        self.client = grpcaio.InferenceServerClient(url)
-        self._interfaces: dict[str, ModelInterface] = {}
         self.shared_memory_mode = shared_memory
-        self.use_shared_memory = shared_memory == "on" or (shared_memory == "auto" and is_local(url))
-        self.pool = SharedMemoryPool(self.client)
+        self.endpoints = []
+        for url in self.urls:
+            client = grpcaio.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+            use_shm = shared_memory == "on" or (shared_memory == "auto" and is_local(url))
+            self.endpoints.append(Endpoint(url, client, SharedMemoryPool(client), use_shm))
+        self._interfaces: dict[str, ModelInterface] = {}
+        self._models: set[str] = set()  # models served so far: an endpoint is healthy when all are ready
+        self._turn = 0
+        self._monitor: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
 
     async def close(self) -> None:
-        await self.pool.close()
-        await self.client.close()
+        if self._monitor is not None:
+            self._monitor.cancel()
+        for endpoint in self.endpoints:
+            await endpoint.pool.close()
+            await endpoint.client.close()
 
-    async def _region_for(self, images: list[np.ndarray]) -> Region | None:
-        if not self.use_shared_memory or not images:
+    def _ensure_monitor(self) -> None:
+        if len(self.endpoints) > 1 and self._monitor is None:
+            self._monitor = asyncio.get_running_loop().create_task(self._watch_health())
+
+    async def _watch_health(self) -> None:
+        while True:
+            for endpoint in self.endpoints:
+                ready = await self._endpoint_ready(endpoint)
+                if ready != endpoint.healthy:
+                    logger.warning("Triton %s is %s", endpoint.url, "back" if ready else "not ready: no new requests")
+                    if ready:
+                        await endpoint.pool.reset()  # a restarted server forgot our shared-memory regions
+                endpoint.healthy = ready
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+
+    async def _endpoint_ready(self, endpoint: Endpoint) -> bool:
+        try:
+            if not await endpoint.client.is_server_ready(client_timeout=HEALTH_INTERVAL_S):
+                return False
+            for model in list(self._models):
+                if not await endpoint.client.is_model_ready(model, client_timeout=HEALTH_INTERVAL_S):
+                    return False
+            return True
+        except Exception:
+            return False
+
+    def _pick(self, exclude: Sequence[Endpoint] = ()) -> Endpoint | None:
+        candidates = [e for e in self.endpoints if e.healthy and e not in exclude]
+        if not candidates:
+            candidates = [e for e in self.endpoints if e not in exclude]
+        if not candidates:
+            return None
+        self._turn += 1
+        n = len(self.endpoints)
+        return min(candidates, key=lambda e: (e.outstanding, (self.endpoints.index(e) - self._turn) % n))
+
+    async def _region_for(self, endpoint: Endpoint, images: list[np.ndarray]) -> Region | None:
+        if not endpoint.use_shared_memory or not images:
             return None
         try:
-            return await self.pool.acquire(sum(a.nbytes for a in images))
+            return await endpoint.pool.acquire(sum(a.nbytes for a in images))
         except Exception as exc:
             if self.shared_memory_mode == "on":
                 raise TritonCallError("shared memory", "", f"cannot register a region with Triton: {exc}") from None
             logger.warning("Triton cannot use this host's shared memory (%s); sending images in the gRPC payload", exc)
-            self.use_shared_memory = False
+            endpoint.use_shared_memory = False
             return None
 
-    async def _grpc_inputs(self, arrays: list[tuple[InputSpec, np.ndarray]]) -> tuple[list[Any], Region | None]:
+    async def _grpc_inputs(
+        self, endpoint: Endpoint, arrays: list[tuple[InputSpec, np.ndarray]]
+    ) -> tuple[list[Any], Region | None]:
         images = [a for spec, a in arrays if spec.datatype == "UINT8"]
-        region = await self._region_for(images)
+        region = await self._region_for(endpoint, images)
         tensors, offset = [], 0
         for spec, array in arrays:
             tensor = grpcaio.InferInput(spec.name, list(array.shape), spec.datatype)
@@ -196,43 +279,77 @@ class TritonGateway:
         cached = self._interfaces.get(model)
         if cached is not None and time.monotonic() - cached.fetched_at < DESCRIBE_TTL_S:
             return cached
-        try:
-            config = await self.client.get_model_config(model, as_json=True, client_timeout=self.timeout)
-        except InferenceServerException as exc:
-            raise TritonCallError(model, str(exc.status() or ""), exc.message() or str(exc)) from None
-        interface = interface_from_config(model, config["config"])
-        self._interfaces[model] = interface
-        return interface
+        error: TritonCallError | None = None
+        for endpoint in sorted(self.endpoints, key=lambda e: not e.healthy):
+            try:
+                config = await endpoint.client.get_model_config(model, as_json=True, client_timeout=self.timeout)
+            except InferenceServerException as exc:
+                error = TritonCallError(model, str(exc.status() or ""), exc.message() or str(exc))
+                continue
+            interface = interface_from_config(model, config["config"])
+            self._interfaces[model] = interface
+            return interface
+        assert error is not None
+        raise error
 
     async def ready(self, model: str) -> bool:
-        try:
-            return bool(
-                await self.client.is_server_ready(client_timeout=2.0)
-                and await self.client.is_model_ready(model, client_timeout=2.0)
-            )
-        except Exception:
-            return False
+        self._ensure_monitor()
+        for endpoint in self.endpoints:
+            try:
+                if await endpoint.client.is_server_ready(client_timeout=2.0) and await endpoint.client.is_model_ready(
+                    model, client_timeout=2.0
+                ):
+                    return True
+            except Exception:
+                continue
+        return False
 
     async def infer(self, model: str, obs: Mapping[str, Any], extra: Mapping[str, Any] = {}) -> dict[str, np.ndarray]:
+        self._ensure_monitor()
+        self._models.add(model)
         interface = await self.describe(model)
         arrays = build_inputs(interface, obs, extra)
-        for attempt in (1, 2):
-            inputs, region = await self._grpc_inputs(arrays)
+        tried: list[Endpoint] = []
+        while True:
+            endpoint = self._pick(exclude=tried)
+            assert endpoint is not None
+            tried.append(endpoint)
+            endpoint.outstanding += 1
             try:
-                result = await self.client.infer(model, inputs, client_timeout=self.timeout)
+                result = await self._infer_on(endpoint, model, arrays)
                 break
+            except TritonCallError as exc:
+                # Refused before it ran (server gone, model not loaded there): another server may take it.
+                if not exc.not_executed or len(tried) == len(self.endpoints):
+                    raise
+            finally:
+                endpoint.outstanding -= 1
+        names = [o.name for o in result.get_response().outputs]
+        return {name: result.as_numpy(name) for name in names}
+
+    async def _infer_on(self, endpoint: Endpoint, model: str, arrays: list[tuple[InputSpec, np.ndarray]]) -> Any:
+        for attempt in (1, 2):
+            inputs, region = await self._grpc_inputs(endpoint, arrays)
+            try:
+                return await endpoint.client.infer(model, inputs, client_timeout=self.timeout)
             except InferenceServerException as exc:
                 self._interfaces.pop(model, None)  # the model may have been swapped: read it again next time
                 message = exc.message() or str(exc)
+                status = str(exc.status() or "")
                 if attempt == 1 and region is not None and "shared memory" in message.lower():
                     # Triton restarted and forgot our regions: register fresh ones and send again.
                     logger.warning("Triton lost the shared-memory registrations (%s); registering again", message)
                     region = None
-                    await self.pool.reset()
+                    await endpoint.pool.reset()
                     continue
-                raise TritonCallError(model, str(exc.status() or ""), message) from None
+                error = TritonCallError(model, status, message)
+                if error.not_executed and len(self.endpoints) > 1:
+                    endpoint.healthy = False
+                    logger.warning(
+                        "Triton %s cannot serve %s (%s): no new requests until it is ready", endpoint.url, model, status
+                    )
+                raise error from None
             finally:
                 if region is not None:
-                    self.pool.release(region)
-        names = [o.name for o in result.get_response().outputs]
-        return {name: result.as_numpy(name) for name in names}
+                    endpoint.pool.release(region)
+        raise AssertionError("unreachable")

@@ -52,6 +52,9 @@ def test_triton_restart_is_survived_and_healthz_tells_the_truth(
         with pytest.raises(RuntimeError, match="Error in inference server"):
             robot.infer(obs)  # a clear error while Triton is down
         server = start()
+        deadline = time.monotonic() + 10  # the bridge's channel reconnects within about a second
+        while healthz(bridge.action_port) != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert healthz(bridge.action_port) == 200
         again = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
         for _ in range(3):  # the old shared-memory registrations are gone: the bridge registers again

@@ -1,0 +1,84 @@
+"""Two local tritonservers behind one bridge: traffic reaches both, losing one loses only its in-flight requests."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import pathlib
+import threading
+import time
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+from openpi_triton.native.embodiments import EMBODIMENTS
+from openpi_triton.native.tiny import EmbeddedDefault
+from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
+from tests.conftest import start_bridge_process, stop_bridge_process
+from tests.triton_helpers import copy_model
+
+
+def _count(url: str) -> int:
+    stats = grpcclient.InferenceServerClient(url).get_inference_statistics("action", as_json=True)
+    return int(stats["model_stats"][0].get("inference_count", 0))
+
+
+def test_two_tritons_share_the_load_and_one_can_die(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> None:
+    servers = []
+    for name in ("a", "b"):
+        repo = tmp_path / name
+        copy_model(repo, "action", "action", {"batch_buckets": "1,2"})
+        http, grpc, metrics = free_ports(3)
+        env = {"OPENPI_TRITON_HOME": str(embedded_default.root.parent)}
+        server = TritonServer(
+            ServerOptions(repo, http, grpc, metrics, env=env), log_stream=open(tmp_path / f"{name}.log", "w")
+        )
+        servers.append(server.start())
+    for server in servers:
+        server.wait_ready(["action"], timeout=300)
+    urls = [s.grpc_url for s in servers]
+    bridge = start_bridge_process(urls[0], tmp_path, planner=None, admin={"enabled": False}, triton={"urls": urls})
+    obs = EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel")
+    try:
+
+        def robot(_: int) -> int:
+            policy = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
+            return sum(policy.infer(obs)["actions"].shape == (50, 14) for _ in range(4))
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            assert sum(pool.map(robot, range(6))) == 24
+        counts = [_count(u) for u in urls]
+        assert all(c > 0 for c in counts) and sum(counts) == 24, counts
+
+        # Kill server a under traffic: only requests in flight on it may fail.
+        failures: list[str] = []
+        successes = [0]
+        stop = threading.Event()
+
+        def traffic() -> None:
+            while not stop.is_set():
+                try:
+                    WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port).infer(obs)
+                    successes[0] += 1
+                except Exception as exc:  # recorded, bounded below
+                    failures.append(str(exc))
+
+        threads = [threading.Thread(target=traffic) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        servers[0].stop()
+        time.sleep(2.5)  # the bridge's health check (every second) has taken it out by now
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert len(failures) <= 3, failures  # at most one in flight per robot thread
+        before = _count(urls[1])
+        policy = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
+        for _ in range(10):
+            assert policy.infer(obs)["actions"].shape == (50, 14)
+        assert _count(urls[1]) - before == 10
+    finally:
+        stop_bridge_process(bridge)
+        for server in servers:
+            server.stop()
