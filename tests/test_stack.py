@@ -57,7 +57,6 @@ def test_stack_serves_a_robot_and_stops_on_ctrl_c(embedded_default: EmbeddedDefa
     )
     try:
         wait_for_log(stack, log, "[stack] ready", timeout=600)
-        assert "bridge ready" in log.read_text()
         robot = WebsocketClientPolicy(host="127.0.0.1", port=ws_action)
         assert robot.get_server_metadata()["action_horizon"] == 50
         result = robot.infer(EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel"))
