@@ -43,7 +43,9 @@ def test_two_tritons_share_the_load_and_one_can_die(embedded_default: EmbeddedDe
 
         def robot(_: int) -> int:
             policy = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
-            return sum(policy.infer(obs)["actions"].shape == (50, 14) for _ in range(4))
+            served = sum(policy.infer(obs)["actions"].shape == (50, 14) for _ in range(4))
+            policy._ws.close()
+            return served
 
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             assert sum(pool.map(robot, range(6))) == 24
@@ -56,12 +58,16 @@ def test_two_tritons_share_the_load_and_one_can_die(embedded_default: EmbeddedDe
         stop = threading.Event()
 
         def traffic() -> None:
+            policy = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
             while not stop.is_set():
                 try:
-                    WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port).infer(obs)
+                    policy.infer(obs)
                     successes[0] += 1
-                except Exception as exc:  # recorded, bounded below
+                except Exception as exc:  # recorded, bounded below; the connection is gone, open a new one
                     failures.append(str(exc))
+                    policy._ws.close()
+                    policy = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
+            policy._ws.close()
 
         threads = [threading.Thread(target=traffic) for _ in range(3)]
         for thread in threads:
