@@ -16,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 from openpi_bridge.shared_memory import Region, SharedMemoryPool
 from openpi_triton import tensor_names
 from openpi_triton.metadata import robot_metadata
+from openpi_triton.native import image as image_ops
 
 logger = logging.getLogger("openpi_bridge")
 
@@ -81,9 +82,11 @@ def _to_uint8_image(value: Any, name: str) -> np.ndarray:
     if array.dtype == np.uint8:
         return array
     if np.issubdtype(array.dtype, np.floating):
-        if array.size and (not np.all(np.isfinite(array)) or array.min() < 0.0 or array.max() > 1.0):
-            raise ObservationError(f"image '{name}': float images must hold values in [0, 1]; send uint8 for 0..255")
-        return (255 * array).astype(np.uint8)  # openpi's convert_to_uint8 (truncation)
+        try:
+            image_ops.require_unit_range(array, name)
+        except ValueError as exc:
+            raise ObservationError(str(exc)) from None
+        return image_ops.convert_to_uint8(array)
     raise ObservationError(f"image '{name}': expected uint8 (or float in [0, 1]), got {array.dtype}")
 
 

@@ -13,6 +13,18 @@ def convert_to_uint8(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def require_unit_range(image: np.ndarray, name: str) -> None:
+    """Float images must hold finite values in [0, 1]; 0..255 floats would silently become garbage."""
+    if not np.all(np.isfinite(image)):
+        raise ValueError(f"image '{name}': float images must hold finite values in [0, 1], got NaN or inf")
+    low, high = float(image.min(initial=0.0)), float(image.max(initial=0.0))
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            f"image '{name}': float images must hold values in [0, 1], got range [{low}, {high}]; "
+            "send uint8 for 0..255 data"
+        )
+
+
 def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """PIL bilinear resize keeping the aspect ratio, centred on a black canvas (openpi-client's ``resize_with_pad``).
 

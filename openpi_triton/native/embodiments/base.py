@@ -94,14 +94,7 @@ def parse_image(value: Any, field: ImageField) -> np.ndarray:
     if value.dtype != np.uint8 and not np.issubdtype(value.dtype, np.floating):
         raise ValueError(f"image '{field.name}': expected dtype uint8 or float, got {value.dtype}")
     if np.issubdtype(value.dtype, np.floating):
-        if not np.all(np.isfinite(value)):
-            raise ValueError(f"image '{field.name}': float images must hold finite values in [0, 1], got NaN or inf")
-        low, high = float(value.min(initial=0.0)), float(value.max(initial=0.0))
-        if low < 0.0 or high > 1.0:
-            raise ValueError(
-                f"image '{field.name}': float images must hold values in [0, 1], got range [{low}, {high}]; "
-                "send uint8 for 0..255 data"
-            )
+        image_ops.require_unit_range(value, field.name)
     chw = value.shape[0] == 3 and (field.layout == "CHW" or not field.strict_layout)
     if field.layout == "CHW" and field.strict_layout and value.shape[0] != 3:
         raise ValueError(
