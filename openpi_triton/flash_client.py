@@ -22,6 +22,7 @@ from typing import Any
 
 from openpi_client import base_policy, msgpack_numpy
 
+from openpi_triton.processes import stop_process
 from openpi_triton.protocols import local_frame
 from openpi_triton.protocols.local_frame import MessageType
 
@@ -147,13 +148,8 @@ class FlashTransportPolicy(base_policy.BasePolicy):
             with contextlib.suppress(OSError):
                 self._sock.close()
             self._sock = None
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(timeout=5)
+        if self._process is not None:
+            stop_process(self._process, timeout=5)
         with contextlib.suppress(FileNotFoundError):
             self._socket_path.unlink()
 

@@ -9,6 +9,7 @@ import threading
 import time
 
 from openpi_triton.flash_client import find_binary
+from openpi_triton.processes import stop_process
 
 MAX_BACKOFF_S = 60.0
 
@@ -60,10 +61,6 @@ class SidecarSupervisor:
 
     def stop(self) -> None:
         self._stop.set()
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process is not None:
+            stop_process(self.process, timeout=10)
         self._thread.join(timeout=15)

@@ -23,6 +23,7 @@ import threading
 import time
 
 from openpi_bridge.config import BridgeConfig, load_config
+from openpi_triton.processes import stop_process
 from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import (
     DEFAULT_GRPC_PORT,
@@ -121,12 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sidecar in sidecars:
             sidecar.stop()
-        if bridge is not None and bridge.poll() is None:
-            bridge.send_signal(signal.SIGTERM)
-            try:
-                bridge.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                bridge.kill()
+        if bridge is not None:
+            stop_process(bridge, timeout=20)
         triton.stop()
         for leftover in workdir.iterdir():
             leftover.unlink()

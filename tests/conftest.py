@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from openpi_triton.native.planner import PlannerOptions, SubtaskPlanner, load_planner
 from openpi_triton.native.policy import NativePolicy, PolicyOptions, load_policy
 from openpi_triton.native.tiny import EmbeddedDefault, ensure_embedded_default
+from openpi_triton.processes import stop_process
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -92,10 +92,10 @@ class BridgeProcess:
     triton_url: str
 
 
-def start_bridge_process(triton_url: str, workdir: pathlib.Path, **overrides: object) -> BridgeProcess:
-    """``python -m openpi_bridge`` as a real process on free ports, waited for until it accepts connections."""
+def bridge_config(workdir: pathlib.Path, **overrides: object) -> dict:
+    """Both slots on free ports (127.0.0.1), sockets in ``workdir``; ``overrides`` replace top-level keys."""
     action_port, planner_port, admin_port, quic_a, quic_p = free_ports(5)
-    config = {
+    return {
         "action": {},
         "planner": {},
         "action_transport": {
@@ -110,9 +110,13 @@ def start_bridge_process(triton_url: str, workdir: pathlib.Path, **overrides: ob
         },
         "admin": {"port": admin_port},
         "host": "127.0.0.1",
-        "triton": {"url": triton_url},
         **overrides,
     }
+
+
+def start_bridge_process(triton_url: str, workdir: pathlib.Path, **overrides: object) -> BridgeProcess:
+    """``python -m openpi_bridge`` as a real process on free ports, waited for until it accepts connections."""
+    config = bridge_config(workdir, **{"triton": {"url": triton_url}, **overrides})
     (workdir / "bridge.json").write_text(json.dumps(config))
     log = workdir / "bridge.log"
     with open(log, "wb") as out:
@@ -122,7 +126,14 @@ def start_bridge_process(triton_url: str, workdir: pathlib.Path, **overrides: ob
             stderr=subprocess.STDOUT,
         )
     bridge = BridgeProcess(
-        process, action_port, planner_port, admin_port, workdir / "a.sock", workdir / "p.sock", log, triton_url
+        process,
+        config["action_transport"]["websocket_port"],
+        config["planner_transport"]["websocket_port"],
+        config["admin"].get("port", 0),  # 0: admin disabled or on its default port
+        pathlib.Path(config["action_transport"]["unix_socket_path"]),
+        pathlib.Path(config["planner_transport"]["unix_socket_path"]),
+        log,
+        triton_url,
     )
     deadline = time.monotonic() + 60
     while b"bridge ready" not in log.read_bytes():
@@ -134,11 +145,7 @@ def start_bridge_process(triton_url: str, workdir: pathlib.Path, **overrides: ob
 
 
 def stop_bridge_process(bridge: BridgeProcess) -> None:
-    bridge.process.send_signal(signal.SIGTERM)
-    try:
-        bridge.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        bridge.process.kill()
+    stop_process(bridge.process, timeout=20)
 
 
 @pytest.fixture(scope="session")

@@ -14,28 +14,16 @@ from openpi_triton.flash_client import FlashTransportPolicy
 from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import free_ports
+from tests.conftest import bridge_config
 from tests.test_launcher import _processes_mentioning
 from tests.triton_helpers import MODEL_REPOSITORY, spawn_module, wait_for_log
 
 
 def test_stack_serves_a_robot_and_stops_on_ctrl_c(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> None:
-    http, grpc, metrics, ws_action, ws_planner, admin, q1, q2 = free_ports(8)
-    config = {
-        "action": {},
-        "planner": {},
-        "host": "127.0.0.1",
-        "admin": {"port": admin},
-        "action_transport": {
-            "websocket_port": ws_action,
-            "quic_port": q1,
-            "unix_socket_path": str(tmp_path / "a.sock"),
-        },
-        "planner_transport": {
-            "websocket_port": ws_planner,
-            "quic_port": q2,
-            "unix_socket_path": str(tmp_path / "p.sock"),
-        },
-    }
+    http, grpc, metrics = free_ports(3)
+    config = bridge_config(tmp_path)
+    ws_action = config["action_transport"]["websocket_port"]
+    q1 = config["action_transport"]["quic_port"]
     (tmp_path / "bridge.json").write_text(json.dumps(config))
     log = tmp_path / "stack.log"
     stack = spawn_module(
