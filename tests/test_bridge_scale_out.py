@@ -6,6 +6,7 @@ import concurrent.futures
 import pathlib
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -21,6 +22,16 @@ from tests.triton_helpers import copy_model
 def _count(url: str) -> int:
     stats = grpcclient.InferenceServerClient(url).get_inference_statistics("action", as_json=True)
     return int(stats["model_stats"][0].get("inference_count", 0))
+
+
+def _settled(read: Callable[[], int], expected: int, timeout: float = 5.0) -> int:
+    """Triton updates its statistics just after it answers: give the last request's count a moment."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = read()
+    return value
 
 
 def test_two_tritons_share_the_load_and_one_can_die(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> None:
@@ -49,6 +60,7 @@ def test_two_tritons_share_the_load_and_one_can_die(embedded_default: EmbeddedDe
 
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             assert sum(pool.map(robot, range(6))) == 24
+        _settled(lambda: sum(_count(u) for u in urls), 24)
         counts = [_count(u) for u in urls]
         assert all(c > 0 for c in counts) and sum(counts) == 24, counts
 
@@ -83,7 +95,7 @@ def test_two_tritons_share_the_load_and_one_can_die(embedded_default: EmbeddedDe
         policy = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
         for _ in range(10):
             assert policy.infer(obs)["actions"].shape == (50, 14)
-        assert _count(urls[1]) - before == 10
+        assert _settled(lambda: _count(urls[1]) - before, 10) == 10
     finally:
         stop_bridge_process(bridge)
         for server in servers:
