@@ -1,11 +1,15 @@
-"""Admin HTTP (127.0.0.1:8001 by default): health and the runtime planner prompt format, with OpenAPI docs."""
+"""Admin HTTP (127.0.0.1:8001 by default): health, the runtime planner prompt format, model reload; OpenAPI docs."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+import hmac
+
+from fastapi import FastAPI, Header, HTTPException
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from openpi_bridge.model_reload import POLL_MODE_HINT, ReloadError, reload_model
 from openpi_bridge.slots import RuntimeConfig
+from openpi_bridge.triton_gateway import TritonGateway
 
 
 class RuntimeConfigView(BaseModel):
@@ -27,8 +31,27 @@ class RuntimeConfigUpdate(BaseModel):
         return value
 
 
-def create_admin_app(runtime: RuntimeConfig) -> FastAPI:
+class ServerReloadView(BaseModel):
+    url: str
+    seconds: float
+
+
+class ReloadView(BaseModel):
+    model: str
+    servers: list[ServerReloadView]
+
+
+def create_admin_app(
+    runtime: RuntimeConfig | None, gateway: TritonGateway | None = None, api_key: str | None = None
+) -> FastAPI:
+    """``runtime`` is None without a planner slot (no /config); ``gateway`` enables the model reload, which
+    needs ``Authorization: Api-Key <api_key>`` when the bridge has an API key (as robots' WebSockets do)."""
     app = FastAPI(title="openpi-triton bridge admin", version="1")
+
+    def runtime_config() -> RuntimeConfig:
+        if runtime is None:
+            raise HTTPException(404, "no planner slot configured: there is no runtime planner config")
+        return runtime
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -36,13 +59,45 @@ def create_admin_app(runtime: RuntimeConfig) -> FastAPI:
 
     @app.get("/config", response_model=RuntimeConfigView)
     async def get_config() -> RuntimeConfigView:
-        return RuntimeConfigView(generation_prompt_format=runtime.generation_prompt_format)
+        return RuntimeConfigView(generation_prompt_format=runtime_config().generation_prompt_format)
 
     @app.patch("/config", response_model=RuntimeConfigView)
     async def patch_config(update: RuntimeConfigUpdate) -> RuntimeConfigView:
         """Applied from the next planner request on."""
+        config = runtime_config()
         if "generation_prompt_format" in update.model_fields_set and update.generation_prompt_format is not None:
-            runtime.generation_prompt_format = update.generation_prompt_format
-        return RuntimeConfigView(generation_prompt_format=runtime.generation_prompt_format)
+            config.generation_prompt_format = update.generation_prompt_format
+        return RuntimeConfigView(generation_prompt_format=config.generation_prompt_format)
+
+    @app.post(
+        "/models/{name}/reload",
+        response_model=ReloadView,
+        responses={
+            401: {"description": "the bridge has an API key and the request did not send it"},
+            409: {"description": "Triton is not in explicit model control mode (poll mode reloads on file change)"},
+            502: {"description": "Triton could not load the model (its message is in 'detail')"},
+        },
+    )
+    async def reload(name: str, authorization: str | None = Header(default=None)) -> ReloadView:
+        """Loads model ``name`` again on every Triton server, one after the other (Triton explicit mode).
+
+        Triton reads the model's config.pbtxt and files anew, loads and warms the new copy beside the old
+        one and switches when it is ready: requests in flight finish on the old copy, none fail. Answers
+        when every server has switched (minutes for a real checkpoint)."""
+        if api_key is not None and not hmac.compare_digest(
+            (authorization or "").encode(), f"Api-Key {api_key}".encode()
+        ):
+            raise HTTPException(401, "missing or wrong 'Authorization: Api-Key'")
+        if gateway is None:
+            raise HTTPException(503, "model reload is not available: the admin API has no Triton connection")
+        try:
+            done = await reload_model(gateway, name)
+        except ReloadError as exc:
+            reloaded = [s.url for s in exc.reloaded]
+            already = f" (already reloaded on {reloaded})" if reloaded else ""
+            if exc.refused_by_mode:
+                raise HTTPException(409, f"{exc}{already}. {POLL_MODE_HINT}") from None
+            raise HTTPException(502, f"{exc}{already}") from None
+        return ReloadView(model=name, servers=[ServerReloadView(url=s.url, seconds=s.seconds) for s in done])
 
     return app

@@ -85,9 +85,9 @@ async def start_bridge(config: BridgeConfig) -> RunningBridge:
                 bridge.websocket_ports[name],
                 transport.unix_socket_path,
             )
-        if runtime is not None and config.admin.enabled:
+        if config.admin.enabled:
             admin_config = uvicorn.Config(
-                create_admin_app(runtime),
+                create_admin_app(runtime, gateway, config.api_key),
                 host=config.admin.host,
                 port=config.admin.port,
                 log_level="warning",
@@ -96,6 +96,11 @@ async def start_bridge(config: BridgeConfig) -> RunningBridge:
             )
             bridge.admin = uvicorn.Server(admin_config)
             bridge.admin_task = asyncio.create_task(bridge.admin.serve())
+            # "bridge ready" must mean the admin port answers too (scripts call it right after start-up).
+            while not bridge.admin.started and not bridge.admin_task.done():
+                await asyncio.sleep(0.01)
+            if not bridge.admin.started:
+                raise RuntimeError(f"the admin API could not listen on {config.admin.host}:{config.admin.port}")
             logger.warning("admin API on http://%s:%d (docs at /docs)", config.admin.host, config.admin.port)
     except BaseException:
         await bridge.stop()

@@ -96,6 +96,10 @@ class ServerOptions:
     grpc_port: int = DEFAULT_GRPC_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
     poll_seconds: int = 2
+    # poll: an edited config.pbtxt reloads its model; explicit: only ``load_models`` at start, then the
+    # repository API (load / unload) decides; none: everything at start, nothing after.
+    model_control_mode: str = "poll"
+    load_models: tuple[str, ...] = ("*",)
     log_verbose: int = 0
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -132,12 +136,21 @@ class TritonServer:
             f"--metrics-port={o.metrics_port}",
             "--http-address=127.0.0.1",
             "--grpc-address=127.0.0.1",
-            "--model-control-mode=poll",
-            f"--repository-poll-secs={o.poll_seconds}",
+            *self._control_args(),
             f"--log-verbose={o.log_verbose}",
             "--strict-readiness=true",
             *o.extra_args,
         ]
+
+    def _control_args(self) -> list[str]:
+        o = self.options
+        if o.model_control_mode == "poll":
+            return ["--model-control-mode=poll", f"--repository-poll-secs={o.poll_seconds}"]
+        if o.model_control_mode == "explicit":
+            return ["--model-control-mode=explicit", *(f"--load-model={m}" for m in o.load_models)]
+        if o.model_control_mode == "none":
+            return ["--model-control-mode=none"]
+        raise LauncherError(f"model_control_mode must be poll, explicit or none, got {o.model_control_mode!r}")
 
     def start(self) -> TritonServer:
         paths = TritonPaths.from_wheel()
@@ -224,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT)
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
     parser.add_argument("--poll-seconds", type=int, default=2)
+    parser.add_argument("--model-control-mode", choices=("poll", "explicit", "none"), default="poll")
     parser.add_argument("--wait-for", action="append", default=[], help="model that must be ready (repeatable)")
     args = parser.parse_args(argv)
     server = TritonServer(
@@ -233,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             grpc_port=args.grpc_port,
             metrics_port=args.metrics_port,
             poll_seconds=args.poll_seconds,
+            model_control_mode=args.model_control_mode,
         )
     )
     stop = threading.Event()
