@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 GOLDEN ?= ../shared/golden
 
-.PHONY: venv lint test golden-check default-model bench serve clean flash-transport flash-transport-release
+.PHONY: venv lint test golden-check default-model bench serve clean flash-transport flash-transport-release \
+	perf perf-sweep perf-fleet perf-analyzer
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,24 @@ bench: venv
 # plus one supervised QUIC sidecar per slot (UDP 5555 action / 5556 planner). Ctrl-C stops everything.
 serve: default-model flash-transport-release
 	$(PY) -m openpi_triton.stack --model-repository model_repository
+
+# perf_analyzer from the tritonclient 2.51.0 wheel (needs Debian's libb64-0d); ARGS pass through, e.g.
+# make perf-analyzer ARGS="-m action -u 127.0.0.1:8101 -i grpc --input-data action.json"
+perf-analyzer: venv
+	perf/perf_analyzer.sh $(if $(ARGS),$(ARGS),--version)
+
+# perf_analyzer sweeps + the robot-fleet benchmark against openpi-server, into perf/results/<timestamp>/.
+# SIZE=tiny|full (full: random full-size pi0.5, for a GPU). See README "Performance".
+PERF_STAMP := $(shell date +%Y%m%d-%H%M%S)
+PERF_RESULTS ?= perf/results/$(PERF_STAMP)
+perf: perf-sweep perf-fleet
+	@echo "results in $(PERF_RESULTS)"
+
+perf-sweep: venv default-model
+	$(PY) -m perf.sweep --size $(SIZE) --results $(PERF_RESULTS)
+
+perf-fleet: venv default-model flash-transport-release
+	$(PY) -m perf.fleet --size $(SIZE) --results $(PERF_RESULTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,123 @@
+"""The servers a fleet benchmark talks to, started together and stopped together.
+
+- our stack: tritonserver (``action`` on the served model, dynamic batching, unless a running Triton is given),
+  the bridge (action slot only: WebSocket + sidecar socket) and one QUIC sidecar (``openpi-flash-transport server``);
+- the baseline: openpi's ``WebsocketPolicyServer`` in its own process (``perf.baseline_server``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from typing import IO
+
+from openpi_triton.processes import stop_process
+from openpi_triton.triton.launcher import TritonServer, free_ports
+from perf.repository import RepositoryVariant, benchmark_server_options, build_repository
+from perf.robots import Endpoint
+from perf.served_model import ServedModel
+
+HOST = "127.0.0.1"
+
+
+def _wait_for_line(process: subprocess.Popen[bytes], log: pathlib.Path, text: str, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:]
+            state = (
+                f"exited with {process.returncode}" if process.poll() is not None else f"not ready in {timeout:.0f} s"
+            )
+            raise RuntimeError(f"{what} {state} (log {log}):\n{tail}")
+        time.sleep(0.2)
+
+
+def _spawn(args: Sequence[str], log: pathlib.Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT)
+
+
+@contextlib.contextmanager
+def fleet_services(
+    model: ServedModel,
+    transports: Sequence[str],
+    logs: pathlib.Path,
+    triton_url: str | None = None,
+    ready_timeout_s: float = 1800.0,
+) -> Iterator[dict[str, Endpoint]]:
+    """Yields ``{transport: Endpoint}`` for the requested transports; everything started here is stopped after."""
+    work = pathlib.Path(tempfile.mkdtemp(prefix="perf-fleet-"))
+    server: TritonServer | None = None
+    server_log: IO[str] | None = None
+    processes: list[subprocess.Popen[bytes]] = []
+    sidecar = None
+    baseline: subprocess.Popen[bytes] | None = None
+    endpoints: dict[str, Endpoint] = {}
+    try:
+        ours = [t for t in transports if t != "openpi-server"]
+        if ours and triton_url is None:
+            repo = build_repository(
+                work / "repo", RepositoryVariant(gpu=model.gpu, parameters=model.parameters()), ["action"]
+            )
+            server_log = open(logs / "triton_fleet.log", "w")  # closed in finally
+            server = TritonServer(benchmark_server_options(repo), log_stream=server_log)
+            server.start()
+            triton_url = server.grpc_url
+        if "openpi-server" in transports:  # starts while Triton warms up
+            (port,) = free_ports(1)
+            baseline = _spawn(
+                [
+                    "-m", "perf.baseline_server", "--port", str(port), "--config", model.config_name,
+                    "--checkpoint", str(model.checkpoint_dir), "--tokenizer", str(model.tokenizer_path),
+                    "--dtype", model.dtype, "--num-steps", str(model.num_steps),
+                ],
+                logs / "openpi_server.log",
+            )  # fmt: skip
+            processes.append(baseline)
+            endpoints["openpi-server"] = Endpoint(HOST, port)
+        if server is not None:
+            server.wait_ready(["action"], timeout=ready_timeout_s)
+        if ours:
+            assert triton_url is not None
+            host, _, grpc_port = triton_url.rpartition(":")
+            if "grpc" in transports:
+                endpoints["grpc"] = Endpoint(host, int(grpc_port), "action")
+            ws, quic = free_ports(2)
+            socket_path = work / "action.sock"
+            config = {
+                "action": {},
+                "host": HOST,
+                "admin": {"enabled": False},
+                "action_transport": {"websocket_port": ws, "quic_port": quic, "unix_socket_path": str(socket_path)},
+                "triton": {"url": triton_url},
+            }
+            (work / "bridge.json").write_text(json.dumps(config))
+            bridge = _spawn(["-m", "openpi_bridge", "--config", str(work / "bridge.json")], logs / "bridge.log")
+            processes.append(bridge)
+            _wait_for_line(bridge, logs / "bridge.log", "bridge ready", 120, "the bridge")
+            endpoints["websocket"] = Endpoint(HOST, ws)
+            if "quic" in transports:
+                from openpi_triton.sidecar import SidecarSupervisor
+
+                sidecar = SidecarSupervisor("action", quic, socket_path).start()
+                endpoints["quic"] = Endpoint(HOST, quic)
+        if baseline is not None:
+            _wait_for_line(baseline, logs / "openpi_server.log", "baseline ready", ready_timeout_s, "openpi-server")
+        yield {t: endpoints[t] for t in transports}
+    finally:
+        if sidecar is not None:
+            sidecar.stop()
+        for process in processes:
+            stop_process(process, timeout=20)
+        if server is not None:
+            server.stop()
+        if server_log is not None:
+            server_log.close()
+        shutil.rmtree(work, ignore_errors=True)

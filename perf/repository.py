@@ -1,0 +1,100 @@
+"""Model repository variants for benchmarks: copies of ``model_repository/`` with batching, instance count,
+device and checkpoint parameters rewritten, so every sweep configuration is a real Triton configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+
+from openpi_triton.triton.launcher import ServerOptions, free_ports
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+# Models that run the policy runtime (their instances are the unit that scales); the BLS only forwards.
+RUNTIME_MODELS = ("action", "planner")
+
+
+@dataclasses.dataclass(frozen=True)
+class RepositoryVariant:
+    """One server configuration.
+
+    ``batching`` False: the model's ``auto_complete_config`` always turns the dynamic batcher on, so "off" means
+    ``max_batch_size: 1`` (every request is executed alone) with a single compiled batch bucket.
+    """
+
+    batching: bool = True
+    instances: int = 1
+    gpu: bool = False
+    parameters: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"batching={'on' if self.batching else 'off'} instances={self.instances}"
+
+    @property
+    def slug(self) -> str:
+        return f"batch-{'on' if self.batching else 'off'}_inst-{self.instances}"
+
+
+def set_parameter(config_text: str, key: str, value: str) -> str:
+    pattern = re.compile(r'(parameters \{ key: "' + re.escape(key) + r'" value: \{ string_value: )"[^"]*"')
+    if not pattern.search(config_text):
+        raise KeyError(f"config.pbtxt has no parameter {key!r}")
+    return pattern.sub(lambda m: m.group(1) + '"' + value.replace('"', '\\"') + '"', config_text)
+
+
+def _set_field(config_text: str, pattern: str, replacement: str, what: str) -> str:
+    new, count = re.subn(pattern, replacement, config_text, count=1, flags=re.DOTALL)
+    if count != 1:
+        raise ValueError(f"config.pbtxt: cannot find {what} to rewrite")
+    return new
+
+
+def rewrite_config(text: str, model: str, variant: RepositoryVariant) -> str:
+    batch = 8 if variant.batching else 1
+    text = _set_field(text, r"max_batch_size:\s*\d+", f"max_batch_size: {batch}", "max_batch_size")
+    if model in RUNTIME_MODELS:
+        kind = "{ kind: KIND_GPU, count: %d, gpus: [ 0 ] }" if variant.gpu else "{ kind: KIND_CPU, count: %d }"
+        text = _set_field(
+            text, r"instance_group\s*\[[^\]]*\]", f"instance_group [ {kind % variant.instances} ]", "instance_group"
+        )
+        if not variant.batching:
+            text = set_parameter(text, "batch_buckets", "1")
+        for key, value in variant.parameters.items():
+            try:
+                text = set_parameter(text, key, value)
+            except KeyError:  # e.g. num_steps exists for action only
+                continue
+    return text
+
+
+def build_repository(target: pathlib.Path, variant: RepositoryVariant, models: Sequence[str]) -> pathlib.Path:
+    """``target`` = the listed models of ``model_repository/`` rewritten for ``variant``."""
+    target.mkdir(parents=True, exist_ok=True)
+    for model in models:
+        dest = target / model
+        shutil.copytree(MODEL_REPOSITORY / model, dest, ignore=shutil.ignore_patterns("__pycache__"))
+        config = dest / "config.pbtxt"
+        config.write_text(rewrite_config(config.read_text(), model, variant))
+    return target
+
+
+def models_needed(models: Sequence[str]) -> list[str]:
+    """The BLS calls action and planner: they must be in the repository too."""
+    needed = list(models)
+    if "combined_ensemble" in needed:
+        needed += [m for m in RUNTIME_MODELS if m not in needed]
+    return needed
+
+
+def benchmark_server_options(repository: pathlib.Path) -> ServerOptions:
+    """Triton on free ports for a benchmark. The launcher runs poll mode; the stubs would write ``__pycache__``
+    into the model folders on first import, which poll mode sees as an edit and answers by reloading (and
+    re-warming) every model in the middle of the measurements. No bytecode files, and a poll interval longer
+    than any run, keep the loaded models in place."""
+    http, grpc, metrics = free_ports(3)
+    return ServerOptions(repository, http, grpc, metrics, poll_seconds=86400, env={"PYTHONDONTWRITEBYTECODE": "1"})

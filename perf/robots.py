@@ -1,0 +1,165 @@
+"""Simulated robots for the fleet benchmark: one process each, calling a policy at a fixed control rate.
+
+A robot connects with its transport's real client, warms up, waits for the common start, then calls
+``infer`` once per control period (its phase offset spreads robots over the period, as real robots are not
+synchronised). A call slower than the period is a missed deadline; the next call then starts at once (no
+burst to catch up). Only calls started inside the measured window count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing.synchronize
+import time
+import traceback
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from openpi_triton import tensor_names
+
+TRANSPORTS = ("websocket", "quic", "grpc", "openpi-server")
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """Where a transport's robots connect: host + port (gRPC also needs the model name)."""
+
+    host: str
+    port: int
+    model: str = "action"
+
+
+@dataclasses.dataclass(frozen=True)
+class RobotTask:
+    robot_id: int
+    transport: str
+    endpoint: Endpoint
+    config_name: str
+    rate_hz: float
+    duration_s: float
+    phase_s: float
+    warmup_calls: int = 2
+    observations: int = 4
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class RobotResult:
+    robot_id: int
+    transport: str
+    latencies_ms: list[float]
+    missed: int
+    errors: int
+    first_error: str = ""
+
+
+class Policy(Protocol):
+    def infer(self, obs: dict) -> dict: ...
+
+
+class GrpcPolicy:
+    """A robot talking to Triton directly with ``tritonclient`` (no bridge): the tensor-name rule, batch 1."""
+
+    _TYPES: ClassVar[dict[np.dtype, str]] = {
+        np.dtype(np.uint8): "UINT8",
+        np.dtype(np.float64): "FP64",
+        np.dtype(np.float32): "FP32",
+    }
+
+    def __init__(self, endpoint: Endpoint):
+        import tritonclient.grpc as grpcclient
+
+        self._grpc = grpcclient
+        self._client = grpcclient.InferenceServerClient(f"{endpoint.host}:{endpoint.port}")
+        self._model = endpoint.model
+
+    def infer(self, obs: dict) -> dict:
+        inputs = []
+        for name, value in tensor_names.flatten(obs).items():
+            if isinstance(value, str):
+                data = np.array([[value.encode()]], dtype=np.object_)
+                tensor = self._grpc.InferInput(name, [1, 1], "BYTES")
+            else:
+                array = np.asarray(value)
+                if np.issubdtype(array.dtype, np.floating) and name != "noise":
+                    array = array.astype(np.float64)  # state vectors are FP64 in the served config
+                data = array[None]
+                tensor = self._grpc.InferInput(name, list(data.shape), self._TYPES[array.dtype])
+            tensor.set_data_from_numpy(data)
+            inputs.append(tensor)
+        result = self._client.infer(self._model, inputs)
+        return {"actions": result.as_numpy("actions")[0]}
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def connect(transport: str, endpoint: Endpoint) -> Any:
+    if transport in ("websocket", "openpi-server"):
+        from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+        return WebsocketClientPolicy(host=endpoint.host, port=endpoint.port)
+    if transport == "quic":
+        from openpi_triton.flash_client import FlashTransportPolicy
+
+        return FlashTransportPolicy(endpoint.host, port=endpoint.port, local_port=0)
+    if transport == "grpc":
+        return GrpcPolicy(endpoint)
+    raise ValueError(f"transport: expected one of {TRANSPORTS}, got {transport!r}")
+
+
+def run_robot(
+    task: RobotTask,
+    ready: multiprocessing.Queue,  # type: ignore[type-arg]
+    start_at: Any,  # multiprocessing.Value("d"): the common start, time.monotonic() (system-wide on Linux)
+    go: multiprocessing.synchronize.Event,
+    results: multiprocessing.Queue,  # type: ignore[type-arg]
+) -> None:
+    """Process entry point. Always reports (an error result if it cannot connect)."""
+    from openpi_triton.native.configs import get_policy_config
+    from perf.input_data import observations
+
+    outcome = RobotResult(task.robot_id, task.transport, [], 0, 0)
+    client = None
+    try:
+        embodiment = get_policy_config(task.config_name).embodiment
+        frames = observations(embodiment, task.observations, seed=task.seed + 1000 * task.robot_id)
+        client = connect(task.transport, task.endpoint)
+        for i in range(task.warmup_calls):
+            client.infer(frames[i % len(frames)])
+    except Exception:
+        outcome.errors += 1
+        outcome.first_error = traceback.format_exc(limit=3)
+        ready.put(task.robot_id)
+        results.put(outcome)
+        return
+    ready.put(task.robot_id)
+    go.wait()
+    period = 1.0 / task.rate_hz
+    end = start_at.value + task.duration_s
+    next_start = start_at.value + task.phase_s
+    call = 0
+    while next_start < end:
+        delay = next_start - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        began = time.monotonic()
+        try:
+            client.infer(frames[call % len(frames)])
+        except Exception:
+            outcome.errors += 1
+            if not outcome.first_error:
+                outcome.first_error = traceback.format_exc(limit=3)
+            if outcome.errors > 10:
+                break
+        else:
+            elapsed = time.monotonic() - began
+            outcome.latencies_ms.append(elapsed * 1000.0)
+            outcome.missed += elapsed > period
+        call += 1
+        next_start = max(next_start + period, time.monotonic())
+    close = getattr(client, "close", None)
+    if close is not None:
+        close()
+    results.put(outcome)
