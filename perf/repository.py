@@ -92,9 +92,8 @@ def models_needed(models: Sequence[str]) -> list[str]:
 
 
 def benchmark_server_options(repository: pathlib.Path) -> ServerOptions:
-    """Triton on free ports for a benchmark. The launcher runs poll mode; the stubs would write ``__pycache__``
-    into the model folders on first import, which poll mode sees as an edit and answers by reloading (and
-    re-warming) every model in the middle of the measurements. No bytecode files, and a poll interval longer
-    than any run, keep the loaded models in place."""
+    """Triton on free ports for a benchmark, models loaded once at start (model control mode ``none``). In poll
+    mode the stubs' first import writes ``__pycache__`` into the model folders, which Triton takes for an edit
+    and answers by reloading (and re-warming) every model in the middle of the measurements."""
     http, grpc, metrics = free_ports(3)
-    return ServerOptions(repository, http, grpc, metrics, poll_seconds=86400, env={"PYTHONDONTWRITEBYTECODE": "1"})
+    return ServerOptions(repository, http, grpc, metrics, model_control_mode="none")
