@@ -9,6 +9,7 @@ Binary lookup: ``$OPENPI_FLASH_TRANSPORT_BINARY``, then this checkout's newest c
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import pathlib
@@ -16,6 +17,8 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -52,12 +55,24 @@ def find_binary() -> pathlib.Path:
 
 
 class FlashTransportPolicy(base_policy.BasePolicy):
-    def __init__(self, host: str, port: int = 5555, local_port: int = 5556, transport_options: object | None = None):
+    def __init__(
+        self,
+        host: str,
+        port: int = 5555,
+        local_port: int = 5556,
+        transport_options: object | None = None,
+        auth_token: str | None = None,
+    ):
+        """``auth_token``: the server's opt-in QUIC token (default: ``$OPENPI_QUIC_TOKEN``, else none)."""
         if transport_options is not None:
             raise ValueError("Custom transport_options are not supported by openpi-flash-transport yet")
         self._socket_path = pathlib.Path("/tmp") / f"openpi-flash-transport-client-{uuid.uuid4().hex}.sock"
         self._process: subprocess.Popen[str] | None = None
         self._sock: socket.socket | None = None
+        self._log_tail: collections.deque[str] = collections.deque(maxlen=200)
+        env = dict(os.environ)
+        if auth_token is not None:
+            env["OPENPI_QUIC_TOKEN"] = auth_token  # the environment, not argv: `ps` does not show it
         try:
             self._process = subprocess.Popen(
                 [
@@ -78,13 +93,31 @@ class FlashTransportPolicy(base_policy.BasePolicy):
                     "--initial-window-bytes",
                     "1048576",
                 ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
                 text=True,
+                env=env,
             )
+            threading.Thread(target=self._relay_log, daemon=True).start()
             self._sock = self._connect()
             self._metadata = msgpack_numpy.unpackb(self._request(MessageType.METADATA, MessageType.METADATA_RESPONSE))
         except BaseException:
             self.close()
             raise
+
+    def _relay_log(self) -> None:
+        """The binary's log goes on to our stderr; the last lines are kept to explain an early exit."""
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            self._log_tail.append(line)
+            sys.stderr.write(line)
+
+    def _exit_reason(self) -> str:
+        """The binary's last log lines, without the backtrace that RUST_BACKTRACE adds to its error."""
+        lines = list(self._log_tail)
+        if "Stack backtrace:\n" in lines:
+            lines = lines[: lines.index("Stack backtrace:\n")]
+        return "".join(lines[-10:])
 
     def _connect(self) -> socket.socket:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -92,7 +125,11 @@ class FlashTransportPolicy(base_policy.BasePolicy):
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 code = self._process.returncode
-                raise RuntimeError(f"{BINARY_NAME} client exited before opening its local socket (exit_code={code})")
+                time.sleep(0.1)  # let the relay thread read the last lines
+                raise RuntimeError(
+                    f"{BINARY_NAME} client exited before opening its local socket (exit_code={code}):\n"
+                    + self._exit_reason()
+                )
             if self._socket_path.exists():
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:

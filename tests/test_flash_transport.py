@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import pathlib
 import subprocess
 import time
@@ -105,28 +106,36 @@ def test_eight_quic_robots_are_served_concurrently(quic_server: SidecarSuperviso
     assert inferences == 24 and executions < inferences, "QUIC robots were served one at a time"
 
 
-def start_server(port: int, socket_path: pathlib.Path) -> subprocess.Popen[bytes]:
+def start_server(port: int, socket_path: pathlib.Path, token: str | None = None) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "OPENPI_QUIC_TOKEN"}
+    if token is not None:
+        env["OPENPI_QUIC_TOKEN"] = token
     return subprocess.Popen(
-        [str(find_binary()), "server", "--listen-port", str(port), "--backend-socket-path", str(socket_path)]
+        [str(find_binary()), "server", "--listen-port", str(port), "--backend-socket-path", str(socket_path)], env=env
     )
 
 
-def test_client_recovers_after_the_server_sidecar_restarts(bridge: BridgeProcess) -> None:
-    port = free_udp_port()
-    server = start_server(port, bridge.action_socket)
+def test_quic_token_is_opt_in_and_enforced(bridge: BridgeProcess) -> None:
+    open_port, closed_port = free_udp_port(), free_udp_port()
+    open_server = start_server(open_port, bridge.action_socket)
+    closed_server = start_server(closed_port, bridge.action_socket, token="fleet-secret")
     time.sleep(1.0)
-    policy = FlashTransportPolicy("127.0.0.1", port=port, local_port=0)
     try:
-        assert policy.infer(aloha_obs(4))["actions"].shape == (50, 14)
-        server.kill()
-        server.wait()
-        server = start_server(port, bridge.action_socket)
-        time.sleep(12.0)  # the client notices the dead connection within its 10 s idle timeout
-        assert policy.infer(aloha_obs(4))["actions"].shape == (50, 14)
-    finally:
+        # Without a server token, a client token is ignored (openpi-flash's server ignores the body too).
+        policy = FlashTransportPolicy("127.0.0.1", port=open_port, local_port=0, auth_token="anything")
+        assert policy.infer(aloha_obs(8))["actions"].shape == (50, 14)
         policy.close()
-        server.kill()
-        server.wait()
+        for wrong in (None, "fleet-secreT", ""):
+            with pytest.raises(RuntimeError, match="unauthorized: this server requires a token"):
+                FlashTransportPolicy("127.0.0.1", port=closed_port, local_port=0, auth_token=wrong)
+        policy = FlashTransportPolicy("127.0.0.1", port=closed_port, local_port=0, auth_token="fleet-secret")
+        assert policy.infer(aloha_obs(8))["actions"].shape == (50, 14)
+        policy.close()
+        assert closed_server.poll() is None and open_server.poll() is None
+    finally:
+        for server in (open_server, closed_server):
+            server.kill()
+            server.wait()
 
 
 def test_client_preprocesses_images_like_openpi(quic_server: SidecarSupervisor, bridge: BridgeProcess) -> None:
@@ -180,23 +189,33 @@ def test_server_notices_a_closing_client_at_once_and_serves_ipv6(bridge: BridgeP
         server.wait()
 
 
-def test_supervisor_restarts_a_crashed_sidecar(bridge: BridgeProcess) -> None:
+def test_supervisor_restarts_a_crashed_sidecar_and_a_connected_robot_recovers(bridge: BridgeProcess) -> None:
     port = free_udp_port()
     supervisor = SidecarSupervisor("action", port, bridge.action_socket).start()
     try:
         time.sleep(1.0)
-        assert supervisor.process is not None
-        supervisor.process.kill()
-        deadline = time.monotonic() + 15
-        while supervisor.restarts == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert supervisor.restarts == 1
-        time.sleep(1.0)
-        policy = FlashTransportPolicy("127.0.0.1", port=port, local_port=0)
+        robot = FlashTransportPolicy("127.0.0.1", port=port, local_port=0)
         try:
-            assert policy.infer(aloha_obs(6))["actions"].shape == (50, 14)
+            assert robot.infer(aloha_obs(6))["actions"].shape == (50, 14)
+            assert supervisor.process is not None
+            supervisor.process.kill()
+            deadline = time.monotonic() + 15
+            while supervisor.restarts == 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert supervisor.restarts == 1
+            time.sleep(1.0)
+            # The restarted server does not know the old connection: the robot's next request fails with a
+            # clear error once the QUIC idle timeout (10 s) declares it dead, and the one after reconnects.
+            started = time.monotonic()
+            with pytest.raises(RuntimeError, match="connection to the openpi-triton server lost"):
+                robot.infer(aloha_obs(6))
+            assert time.monotonic() - started < 15
+            assert robot.infer(aloha_obs(6))["actions"].shape == (50, 14)
+            fresh = FlashTransportPolicy("127.0.0.1", port=port, local_port=0)
+            assert fresh.infer(aloha_obs(6))["actions"].shape == (50, 14)
+            fresh.close()
         finally:
-            policy.close()
+            robot.close()
     finally:
         supervisor.stop()
 

@@ -34,6 +34,8 @@ pub struct ClientArgs {
     pub local_socket_path: PathBuf,
     #[command(flatten)]
     pub link: LinkOptions,
+    #[command(flatten)]
+    pub token: quic::TokenOptions,
 }
 
 /// What the client reads from the server's metadata (unknown keys ignored).
@@ -57,13 +59,14 @@ struct Upstream {
     server: SocketAddr,
     link: Option<Link>,
     max_message_bytes: u32,
+    token: quic::TokenOptions,
 }
 
 impl Upstream {
     async fn connect(&mut self) -> Result<Vec<u8>> {
         let connection = self.endpoint.connect(self.server, "localhost")?.await.context("QUIC connect failed")?;
         let (mut send, mut recv) = connection.open_bi().await?;
-        write_message(&mut send, link::DATA, &[]).await?;
+        write_message(&mut send, link::DATA, self.token.handshake_body()).await?;
         let metadata = match read_message(&mut recv, self.max_message_bytes).await? {
             Some((link::DATA, body)) => body,
             Some((link::ERROR, text)) => bail!("server refused the handshake: {}", String::from_utf8_lossy(&text)),
@@ -122,7 +125,8 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     let bind: SocketAddr = if server.is_ipv4() { ([0, 0, 0, 0], args.local_port).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, args.local_port).into() };
     let mut endpoint = quinn::Endpoint::client(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
     endpoint.set_default_client_config(quic::client_config(&args.link)?);
-    let mut upstream = Upstream { endpoint, server, link: None, max_message_bytes: args.link.max_message_bytes };
+    let mut upstream =
+        Upstream { endpoint, server, link: None, max_message_bytes: args.link.max_message_bytes, token: args.token.clone() };
     let metadata = upstream.connect().await?;
     let parsed = rmp_serde::from_slice::<ServerMetadata>(&metadata).unwrap_or_else(|err| {
         warn!("cannot read image_specs / action_horizon from the server metadata ({err}): preprocessing and chunking off");

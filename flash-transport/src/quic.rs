@@ -35,6 +35,36 @@ pub struct LinkOptions {
     pub max_message_bytes: u32,
 }
 
+/// The opt-in shared secret of a QUIC link. openpi-flash's server ignores the handshake body, so a client
+/// carries the token there: unchanged robots (empty body) still connect to a server that has no token.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TokenOptions {
+    /// Shared secret: the client sends it in the handshake, the server refuses handshakes without it.
+    /// Off by default. Prefer the environment variable, which `ps` does not show.
+    #[arg(long = "auth-token", env = "OPENPI_QUIC_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+}
+
+impl TokenOptions {
+    /// Whether a handshake body is acceptable: anything when no token is configured.
+    pub fn admits(&self, handshake_body: &[u8]) -> bool {
+        match &self.auth_token {
+            None => true,
+            Some(token) => constant_time_eq(token.as_bytes(), handshake_body),
+        }
+    }
+
+    /// The body a client sends in its handshake.
+    pub fn handshake_body(&self) -> &[u8] {
+        self.auth_token.as_deref().map_or(&[], str::as_bytes)
+    }
+}
+
+/// Equality whose time depends only on the lengths, so a wrong token does not reveal its matching prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 pub fn transport_config(options: &LinkOptions) -> Result<TransportConfig> {
     let mut config = TransportConfig::default();
     let idle = IdleTimeout::try_from(Duration::from_secs(options.max_idle_timeout_secs)).context("idle timeout")?;
@@ -122,5 +152,21 @@ impl ServerCertVerifier for AcceptAnyServer {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_token_admits_any_handshake_and_a_token_admits_only_itself() {
+        let open = TokenOptions::default();
+        assert!(open.admits(b"") && open.admits(b"anything"));
+        assert!(open.handshake_body().is_empty());
+        let closed = TokenOptions { auth_token: Some("s3cret".into()) };
+        assert!(closed.admits(b"s3cret"));
+        assert!(!closed.admits(b"") && !closed.admits(b"s3cre") && !closed.admits(b"s3cret!") && !closed.admits(b"S3cret"));
+        assert_eq!(closed.handshake_body(), b"s3cret");
     }
 }

@@ -1,8 +1,9 @@
 //! `server` mode: QUIC from robots -> the bridge's unix socket (LocalFrame), many connections at once.
 //!
-//! Per QUIC connection: accept its single bidirectional stream, dial the backend socket, answer the
-//! handshake with the backend's metadata, then forward INFER (Arrow <-> LocalFrame, with `server_timing`
-//! injected into successful replies) and RESET until the client goes away.
+//! Per QUIC connection: accept its single bidirectional stream, check the handshake (the token, when one is
+//! configured), dial the backend socket, answer the handshake with the backend's metadata, then forward
+//! INFER (Arrow <-> LocalFrame, with `server_timing` injected into successful replies) and RESET until the
+//! client goes away.
 
 use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -25,6 +26,8 @@ pub struct ServerArgs {
     pub backend_socket_path: PathBuf,
     #[command(flatten)]
     pub link: LinkOptions,
+    #[command(flatten)]
+    pub token: quic::TokenOptions,
 }
 
 /// A UDP socket for both IPv4 and IPv6 when the host has IPv6, else IPv4 only.
@@ -66,18 +69,28 @@ async fn serve_connection(incoming: quinn::Incoming, args: &ServerArgs) -> Resul
         Err(quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed) => return Ok(()),
         Err(err) => return Err(err.into()),
     };
+    let max = args.link.max_message_bytes;
+
+    // Handshake: the client's first frame must be Data; its body is the token when one is required
+    // (checked before the bridge is involved), ignored otherwise. Answer with the bridge's metadata.
+    match read_message(&mut recv, max).await? {
+        Some((link::DATA, body)) if args.token.admits(&body) => {}
+        Some((link::DATA, _)) => {
+            let text = "unauthorized: this server requires a token (set OPENPI_QUIC_TOKEN for the robot's sidecar)";
+            write_message(&mut send, link::ERROR, text.as_bytes()).await?;
+            let _ = send.finish();
+            // Let the error frame arrive: wait for the client to hang up, or a second at most.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), connection.closed()).await;
+            connection.close(1u32.into(), b"unauthorized");
+            bail!("handshake without the right token refused");
+        }
+        Some((other, _)) => bail!("handshake: expected a Data frame, got type 0x{other:02x}"),
+        None => return Ok(()),
+    }
     let backend = UnixStream::connect(&args.backend_socket_path)
         .await
         .with_context(|| format!("cannot reach the bridge at {}", args.backend_socket_path.display()))?;
     let (mut backend_read, mut backend_write) = backend.into_split();
-    let max = args.link.max_message_bytes;
-
-    // Handshake: the client's first frame must be Data (its body is ignored); answer with the metadata.
-    match read_message(&mut recv, max).await? {
-        Some((link::DATA, _)) => {}
-        Some((other, _)) => bail!("handshake: expected a Data frame, got type 0x{other:02x}"),
-        None => return Ok(()),
-    }
     write_message(&mut backend_write, kind::METADATA, &[]).await?;
     match read_message(&mut backend_read, max).await?.context("bridge closed during the handshake")? {
         (kind::METADATA_RESPONSE, body) => write_message(&mut send, link::DATA, &body).await?,
