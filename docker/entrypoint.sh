@@ -145,6 +145,10 @@ start_triton() {
   if [[ -n "${TRITON_EXTRA_ARGS:-}" ]]; then
     read -r -a extra <<<"$TRITON_EXTRA_ARGS"
   fi
+  # Bytecode in place before the stubs import model.py: their first import would otherwise change each
+  # version folder, and poll mode would reload every model once (openpi_triton/triton/launcher.py).
+  python -c 'import pathlib, sys; from openpi_triton.triton.launcher import precompile_python_models as pre
+pre(pathlib.Path(sys.argv[1]))' "$MODEL_REPOSITORY"
   start triton tritonserver "${args[@]}" "${extra[@]}"
 }
 

@@ -34,6 +34,12 @@ def _settled(read: Callable[[], int], expected: int, timeout: float = 5.0) -> in
     return value
 
 
+def _diagnosis(counts: list[int], urls: list[str], workdir: pathlib.Path) -> str:
+    """What to look at when the load did not spread: each server's statistics and the bridge's log."""
+    stats = [grpcclient.InferenceServerClient(u).get_inference_statistics("action", as_json=True) for u in urls]
+    return f"counts {counts} at {urls}\nstatistics {stats}\nbridge log:\n{(workdir / 'bridge.log').read_text()}"
+
+
 def test_two_tritons_share_the_load_and_one_can_die(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> None:
     servers = []
     for name in ("a", "b"):
@@ -60,9 +66,12 @@ def test_two_tritons_share_the_load_and_one_can_die(embedded_default: EmbeddedDe
 
         with concurrent.futures.ThreadPoolExecutor(6) as pool:
             assert sum(pool.map(robot, range(6))) == 24
+        time.sleep(2 * 2)  # two poll periods: a spurious reload (it resets statistics) would have happened
+        for name in ("a", "b"):  # the stub's first import must not look like a repository edit
+            assert (tmp_path / f"{name}.log").read_text().count("successfully loaded 'action'") == 1
         _settled(lambda: sum(_count(u) for u in urls), 24)
         counts = [_count(u) for u in urls]
-        assert all(c > 0 for c in counts) and sum(counts) == 24, counts
+        assert all(c > 0 for c in counts) and sum(counts) == 24, _diagnosis(counts, urls, tmp_path)
 
         # Kill server a under traffic: only requests in flight on it may fail.
         failures: list[str] = []

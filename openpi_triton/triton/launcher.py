@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import os
 import pathlib
+import py_compile
 import shutil
 import signal
 import subprocess
@@ -89,6 +90,23 @@ def server_environment(paths: TritonPaths, base: dict[str, str] | None = None) -
     return env
 
 
+def precompile_python_models(repository: pathlib.Path) -> list[pathlib.Path]:
+    """Writes each Python model's bytecode next to it before Triton starts.
+
+    The stub runs an isolated interpreter (PYTHONDONTWRITEBYTECODE is ignored) that writes
+    ``<version>/__pycache__/`` on first import. In poll mode Triton sees the version folder change and
+    reloads the model once, for nothing: statistics reset, weights loaded twice, twice the GPU memory during
+    the swap. A fresh .pyc already in place is reused and nothing changes. Needs the same Python as the stub
+    (true for the launcher's wheel and for the docker image); a read-only repository is left alone.
+    """
+    compiled = []
+    for source in sorted(repository.glob("*/[0-9]*/model.py")):
+        if os.access(source.parent, os.W_OK):
+            py_compile.compile(str(source), doraise=True)
+            compiled.append(source)
+    return compiled
+
+
 @dataclasses.dataclass
 class ServerOptions:
     model_repository: pathlib.Path
@@ -154,6 +172,7 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         paths = TritonPaths.from_wheel()
+        precompile_python_models(self.options.model_repository)
         self._workdir = pathlib.Path(tempfile.mkdtemp(prefix="openpi-triton-server-"))
         backend_dir = build_backend_dir(paths, self._workdir / "backends")
         env = server_environment(paths)
