@@ -68,5 +68,12 @@ perf-sweep: venv default-model
 perf-fleet: venv default-model flash-transport-release
 	$(PY) -m perf.fleet --size $(SIZE) --results $(PERF_RESULTS)
 
+# Soak test: a fresh stack (Triton + bridge + QUIC sidecar) and 16 robots (4 on QUIC) at 0.9 Hz each for 5 min,
+# every answer checked against the robot's reference; fails on a lost/wrong answer, >10 % RSS growth or p99 drift.
+# Report in perf/results/soak-<timestamp>/soak.json. `make test` runs a 4-robot, 20 s version.
+.PHONY: soak
+soak: venv default-model flash-transport
+	$(PY) -m perf.soak --robots 16 --duration 300
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
