@@ -293,7 +293,18 @@ class TritonGateway:
             self._interfaces[model] = interface
             return interface
         assert error is not None
+        if cached is not None:
+            # Reloading (or Triton restarting): a robot connecting now still gets the last metadata, as from
+            # openpi's server; its requests fail with a clear error until the model is back.
+            logger.warning("model '%s' config unavailable (%s): using the last one read", model, error)
+            return cached
         raise error
+
+    def _expire(self, model: str) -> None:
+        """The next :meth:`describe` reads the config again, keeping this one as its fallback."""
+        cached = self._interfaces.get(model)
+        if cached is not None:
+            self._interfaces[model] = dataclasses.replace(cached, fetched_at=float("-inf"))
 
     async def ready(self, model: str) -> bool:
         self._ensure_monitor()
@@ -336,7 +347,7 @@ class TritonGateway:
             try:
                 return await endpoint.client.infer(model, inputs, client_timeout=self.timeout)
             except InferenceServerException as exc:
-                self._interfaces.pop(model, None)  # the model may have been swapped: read it again next time
+                self._expire(model)  # the model may have been swapped: read it again next time
                 message = exc.message() or str(exc)
                 status = str(exc.status() or "")
                 if attempt == 1 and region is not None and "shared memory" in message.lower():

@@ -33,6 +33,7 @@ from openpi_triton.triton.launcher import (
     ServerOptions,
     TritonServer,
 )
+from openpi_triton.triton.watchdog import StubWatchdog, WatchdogOptions
 
 MODELS = ("action", "planner", "combined_ensemble")
 
@@ -72,11 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     triton = TritonServer(ServerOptions(args.model_repository, args.http_port, args.grpc_port, args.metrics_port))
     bridge: subprocess.Popen[str] | None = None
     sidecars: list[SidecarSupervisor] = []
+    watchdog: StubWatchdog | None = None
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="openpi-triton-stack-"))
     try:
         print("[stack] starting tritonserver (models warm up before they report ready) ...", file=sys.stderr)
         triton.start()
         triton.wait_ready(MODELS, timeout=900)
+        assert triton.process is not None
+        # Triton does not restart a crashed Python stub: reload its model (poll mode: touch its folder).
+        watchdog = StubWatchdog(WatchdogOptions(triton.grpc_url, triton.process.pid, args.model_repository)).start()
         config_path = args.bridge_config
         if config_path is None:
             config_path = workdir / "bridge.json"
@@ -120,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[stack] {exc}", file=sys.stderr)
         return 1
     finally:
+        if watchdog is not None:
+            watchdog.stop()
         for sidecar in sidecars:
             sidecar.stop()
         if bridge is not None:

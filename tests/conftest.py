@@ -118,30 +118,44 @@ def start_bridge_process(triton_url: str, workdir: pathlib.Path, **overrides: ob
     """``python -m openpi_bridge`` as a real process on free ports, waited for until it accepts connections."""
     config = bridge_config(workdir, **{"triton": {"url": triton_url}, **overrides})
     (workdir / "bridge.json").write_text(json.dumps(config))
-    log = workdir / "bridge.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "openpi_bridge", "--config", str(workdir / "bridge.json")],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
     bridge = BridgeProcess(
-        process,
+        _launch_bridge(workdir),
         config["action_transport"]["websocket_port"],
         config["planner_transport"]["websocket_port"],
         config["admin"].get("port", 0),  # 0: admin disabled or on its default port
         pathlib.Path(config["action_transport"]["unix_socket_path"]),
         pathlib.Path(config["planner_transport"]["unix_socket_path"]),
-        log,
+        workdir / "bridge.log",
         triton_url,
     )
-    deadline = time.monotonic() + 60
-    while b"bridge ready" not in log.read_bytes():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"bridge did not start:\n{log.read_text()}")
-        time.sleep(0.1)
+    _wait_for_bridge(bridge, starts=1)
     return bridge
+
+
+def restart_bridge_process(bridge: BridgeProcess) -> None:
+    """Starts the bridge again with the same config file (ports, sockets) after it died or was killed."""
+    starts = bridge.log.read_bytes().count(b"bridge ready") + 1
+    bridge.process = _launch_bridge(bridge.log.parent)
+    _wait_for_bridge(bridge, starts)
+
+
+def _launch_bridge(workdir: pathlib.Path) -> subprocess.Popen[bytes]:
+    with open(workdir / "bridge.log", "ab") as out:  # appended: a restart keeps the earlier log
+        return subprocess.Popen(
+            [sys.executable, "-m", "openpi_bridge", "--config", str(workdir / "bridge.json")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _wait_for_bridge(bridge: BridgeProcess, starts: int) -> None:
+    """Until the log holds ``starts`` "bridge ready" lines (the bridge listens on every port by then)."""
+    deadline = time.monotonic() + 60
+    while bridge.log.read_bytes().count(b"bridge ready") < starts:
+        if bridge.process.poll() is not None or time.monotonic() > deadline:
+            bridge.process.kill()
+            raise RuntimeError(f"bridge did not start:\n{bridge.log.read_text()}")
+        time.sleep(0.1)
 
 
 def stop_bridge_process(bridge: BridgeProcess) -> None:

@@ -1,0 +1,177 @@
+"""Brings back a model whose Python stub died.
+
+Triton 2.51's Python backend does not restart a stub that crashed (killed, out of memory, a segfault in a
+native library): every later request to that instance fails with "Stub process '<instance>' is not
+healthy", for good, while Triton still reports the model ready. The watchdog notices on the same host
+(a stub process of that tritonserver that it saw before is gone, or the model reports not ready as newer
+Tritons do) and reloads the model:
+
+- explicit mode: Triton's load API;
+- poll mode (the API is refused): it touches ``<repository>/<model>/config.pbtxt``, which Triton's next
+  poll treats as an edit and reloads.
+
+Run beside a tritonserver: ``make serve`` and the docker entrypoint do; by hand,
+``python -m openpi_triton.triton.watchdog --url 127.0.0.1:8101 --triton-pid <pid> --repository model_repository``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import pathlib
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tritonclient.grpc as grpcclient
+
+logger = logging.getLogger("openpi_triton.watchdog")
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchdogOptions:
+    grpc_url: str
+    # The tritonserver process (stubs name their parent on their command line); None: readiness only.
+    triton_pid: int | None = None
+    # Needed in poll mode only (the folder tritonserver reads); None: reload through the load API only.
+    repository: pathlib.Path | None = None
+    interval_s: float = 2.0
+    # A reload that has not made the model ready by then is tried again (loading a checkpoint and
+    # compiling every batch bucket takes minutes on a GPU).
+    retry_after_s: float = 600.0
+
+
+class StubWatchdog:
+    def __init__(self, options: WatchdogOptions) -> None:
+        self.options = options
+        self.reloads: list[str] = []  # models reloaded so far, in order (for logs and tests)
+        self._pending: dict[str, float] = {}  # model -> when its reload was asked for
+        self._seen: dict[str, set[str]] = {}  # model -> stub instances seen alive since its last (re)load
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stub-watchdog", daemon=True)
+
+    def start(self) -> StubWatchdog:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(self.options.grpc_url)
+        try:
+            while not self._stop.wait(self.options.interval_s):
+                try:
+                    self.check_once(client)
+                except Exception as exc:  # Triton down or restarting: its own supervisor deals with that
+                    logger.debug("watchdog check skipped: %s", exc)
+        finally:
+            client.close()
+
+    def check_once(self, client: grpcclient.InferenceServerClient) -> list[str]:
+        """One pass: reloads every loaded model that is not ready; returns the models it reloaded."""
+        if not client.is_server_live():
+            return []
+        stubs = live_stub_instances(self.options.triton_pid) if self.options.triton_pid else {}
+        reloaded = []
+        for entry in client.get_model_repository_index(as_json=True).get("models", []):
+            name = entry["name"]
+            if entry.get("state") != "READY":
+                continue  # loading, unloading or failed to load: not a dead stub
+            alive = stubs.get(name, set())
+            seen = self._seen.setdefault(name, set())
+            seen |= alive
+            if seen <= alive and client.is_model_ready(name):
+                self._pending.pop(name, None)
+                continue
+            asked = self._pending.get(name)
+            if asked is not None and time.monotonic() - asked < self.options.retry_after_s:
+                continue
+            self._pending[name] = time.monotonic()
+            self._seen[name] = set()  # the reloaded model's stubs are learnt afresh
+            self._reload(client, name, sorted(seen - alive))
+            reloaded.append(name)
+        return reloaded
+
+    def _reload(self, client: grpcclient.InferenceServerClient, name: str, dead: list[str]) -> None:
+        from tritonclient.utils import InferenceServerException
+
+        why = f"stub {', '.join(dead)} died" if dead else "it reports not ready"
+        logger.warning("model '%s' cannot serve (%s): reloading it", name, why)
+        self.reloads.append(name)
+        # A plain load of an unchanged model keeps its (dead) instances: unload first. The model serves
+        # nothing meanwhile anyway.
+        try:
+            client.unload_model(name)
+            client.load_model(name)
+            return
+        except InferenceServerException as exc:
+            if "not allowed" not in (exc.message() or "").lower():
+                logger.error("reloading model '%s' failed: %s", name, exc.message())
+                return
+        # Poll mode refuses the API. A touched config.pbtxt would keep the instances too; a touched version
+        # folder makes Triton load that version afresh, with new stubs.
+        model_dir = self.options.repository / name if self.options.repository else None
+        versions = [v for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit()] if model_dir else []
+        if not versions:
+            logger.error(
+                "cannot reload model '%s': Triton is in poll mode and its folder was not found in the "
+                "repository given (--repository %s)",
+                name,
+                self.options.repository,
+            )
+            return
+        for version in versions:
+            os.utime(version)
+        logger.warning("touched %s: Triton's next repository poll reloads '%s'", model_dir, name)
+
+
+def live_stub_instances(triton_pid: int) -> dict[str, set[str]]:
+    """Model name -> instance names of the Python stubs that tritonserver ``triton_pid`` runs now.
+
+    A stub's command line is ``triton_python_backend_stub <repo>/<model>/<version>/model.py <shm region>
+    <sizes...> <parent pid> <backend dir> <...> <instance name> <...>``.
+    """
+    found: dict[str, set[str]] = {}
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # exited meanwhile
+        if len(argv) < 9 or not argv[0].endswith(b"triton_python_backend_stub") or argv[5] != str(triton_pid).encode():
+            continue
+        model, instance = pathlib.Path(argv[1].decode()).parts[-3], argv[8].decode()
+        if instance != model:  # a model-level stub (config auto-complete while loading) exits by design
+            found.setdefault(model, set()).add(instance)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="127.0.0.1:8101", help="Triton gRPC address")
+    parser.add_argument("--triton-pid", type=int, help="the tritonserver process id (detects dead stubs)")
+    parser.add_argument("--repository", type=pathlib.Path, help="the model repository (needed in poll mode)")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between checks")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[watchdog] %(message)s", stream=sys.stderr)
+    watchdog = StubWatchdog(WatchdogOptions(args.url, args.triton_pid, args.repository, args.interval)).start()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        watchdog.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
