@@ -152,6 +152,13 @@ pre(pathlib.Path(sys.argv[1]))' "$MODEL_REPOSITORY"
   start triton tritonserver "${args[@]}" "${extra[@]}"
 }
 
+start_watchdog() {
+  # Triton does not restart a crashed Python stub: the watchdog reloads that model (in poll mode by touching
+  # the model's version folder, so it needs a writable repository; see openpi_triton/triton/watchdog.py).
+  start watchdog python -m openpi_triton.triton.watchdog --url "127.0.0.1:${TRITON_GRPC_PORT}" \
+    --triton-pid "${pids[0]}" --repository "$MODEL_REPOSITORY"
+}
+
 wait_for_triton() {
   local url="http://127.0.0.1:${TRITON_HTTP_PORT}/v2/health/ready"
   local deadline=$((SECONDS + TRITON_READY_TIMEOUT))
@@ -222,9 +229,13 @@ case "$ROLE" in
   all)
     start_triton
     wait_for_triton
+    start_watchdog
     start_bridge
     ;;
-  triton) start_triton ;;
+  triton)
+    start_triton
+    start_watchdog
+    ;;
   bridge) start_bridge ;;
 esac
 log "running: ${names[*]}"

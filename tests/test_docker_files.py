@@ -179,7 +179,7 @@ def test_entrypoint_serves_a_robot_and_stops_everything_on_sigterm(
 ) -> None:
     log = tmp_path / "entrypoint.log"
     process = spawn_entrypoint("all", container_env, log)
-    wait_for_log(process, log, "[entrypoint] running: triton bridge quic:action quic:planner", timeout=600)
+    wait_for_log(process, log, "[entrypoint] running: triton watchdog bridge quic:action quic:planner", timeout=600)
     config = _config(container_env)
     port = config["action_transport"]["websocket_port"]
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
