@@ -19,20 +19,13 @@ from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import TritonServer
 from tests.conftest import BridgeProcess
+from tests.triton_helpers import free_udp_port
 
 
 def aloha_obs(seed: int, **extra: object) -> dict:
     obs = EMBODIMENTS["aloha"].example(np.random.default_rng(seed), "fold the towel")
     noise = np.random.default_rng(900 + seed).standard_normal((50, 32)).astype(np.float32)
     return {**obs, "noise": noise, "mode": "action_only", **extra}
-
-
-def free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,7 @@ from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 from openpi_triton.triton.watchdog import StubWatchdog, WatchdogOptions
 from tests.conftest import BridgeProcess, restart_bridge_process, start_bridge_process, stop_bridge_process
-from tests.test_flash_transport import free_udp_port
-from tests.triton_helpers import copy_model
+from tests.triton_helpers import copy_model, free_udp_port
 
 OBS = EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel")
 

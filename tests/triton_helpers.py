@@ -78,3 +78,12 @@ def wait_for_log(process: subprocess.Popen[bytes], log: pathlib.Path, text: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"{text!r} not logged within {timeout:.0f} s:\n{tail}")
         time.sleep(0.3)
+
+
+def free_udp_port() -> int:
+    """A UDP port free on 127.0.0.1 right now (for QUIC sidecars)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

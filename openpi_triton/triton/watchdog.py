@@ -6,7 +6,7 @@ healthy", for good, while Triton still reports the model ready. The watchdog not
 (a stub process of that tritonserver that it saw before is gone, or the model reports not ready as newer
 Tritons do) and reloads the model:
 
-- explicit mode: Triton's load API;
+- explicit mode: Triton's unload then load API (a plain load of an unchanged model keeps the dead instance);
 - poll mode (the API is refused): it touches ``<repository>/<model>/config.pbtxt``, which Triton's next
   poll treats as an edit and reloads.
 
@@ -75,12 +75,11 @@ class StubWatchdog:
         finally:
             client.close()
 
-    def check_once(self, client: grpcclient.InferenceServerClient) -> list[str]:
-        """One pass: reloads every loaded model that is not ready; returns the models it reloaded."""
+    def check_once(self, client: grpcclient.InferenceServerClient) -> None:
+        """One pass: reloads every loaded model that cannot serve (recorded in :attr:`reloads`)."""
         if not client.is_server_live():
-            return []
+            return
         stubs = live_stub_instances(self.options.triton_pid) if self.options.triton_pid else {}
-        reloaded = []
         for entry in client.get_model_repository_index(as_json=True).get("models", []):
             name = entry["name"]
             if entry.get("state") != "READY":
@@ -97,8 +96,6 @@ class StubWatchdog:
             self._pending[name] = time.monotonic()
             self._seen[name] = set()  # the reloaded model's stubs are learnt afresh
             self._reload(client, name, sorted(seen - alive))
-            reloaded.append(name)
-        return reloaded
 
     def _reload(self, client: grpcclient.InferenceServerClient, name: str, dead: list[str]) -> None:
         from tritonclient.utils import InferenceServerException
