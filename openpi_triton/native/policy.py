@@ -119,6 +119,9 @@ class NativePolicy:
     def action_horizon(self) -> int:
         return self.config.action_horizon
 
+    def describe(self) -> str:
+        return self.spec.describe()
+
     @property
     def metadata(self) -> dict[str, Any]:
         """What robots receive on connect (openpi's policy metadata + openpi-flash's fields)."""

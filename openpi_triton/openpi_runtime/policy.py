@@ -37,6 +37,8 @@ class OpenpiOptions:
     weight_dtype: str = "bfloat16"
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8)
     default_prompt: str | None = None
+    # Flow-matching steps for models that take them (pi0 / pi0.5); None keeps openpi's default (10).
+    num_steps: int | None = None
     embodiment: str = ""
     setup_script: str = ""
     torch_device: str = "cpu"
@@ -74,7 +76,10 @@ class OpenpiPolicy:
         self._sample_actions = policy._sample_actions
         self._sample_kwargs = dict(getattr(policy, "_sample_kwargs", {}) or {})
         self._model = policy._model
-        self.takes_noise = "noise" in inspect.signature(self._model.sample_actions).parameters
+        sample_parameters = inspect.signature(self._model.sample_actions).parameters
+        self.takes_noise = "noise" in sample_parameters
+        if options.num_steps is not None and "num_steps" in sample_parameters:
+            self._sample_kwargs["num_steps"] = options.num_steps
         self._noise_rng = np.random.default_rng()
         if self.is_pytorch:
             self._torch_device = options.torch_device
@@ -249,12 +254,11 @@ def load_openpi_policy(
 ) -> OpenpiPolicy:
     """``create_trained_policy(get_config(config_name), checkpoint_dir, default_prompt=...)``, batched."""
     options = options or OpenpiOptions()
-    compile_mode = environment.pytorch_compile_mode()
+    train, serving = train_config.resolve(config_name, embodiment=options.embodiment, setup_script=options.setup_script)
     policy_config = environment.import_openpi()
-    if options.setup_script:
-        environment.run_setup_script(options.setup_script)
-    train = train_config.load_train_config(config_name, compile_mode)
-    serving = train_config.serving_config(config_name, train, options.embodiment)
+    if str(checkpoint_dir).startswith("gs://"):
+        # openpi downloads it into $OPENPI_DATA_HOME itself (PyTorch checkpoints are local only).
+        return _create(policy_config, train, str(checkpoint_dir), serving, options, torch_weights=False)
     checkpoint = pathlib.Path(checkpoint_dir)
     if not checkpoint.is_dir():
         raise ValueError(f"parameter 'checkpoint_dir': {str(checkpoint)!r} is not a directory")
@@ -263,12 +267,24 @@ def load_openpi_policy(
         raise ValueError(
             f"parameter 'checkpoint_dir': {str(checkpoint)!r} has neither params/ (JAX) nor model.safetensors (PyTorch)"
         )
-    keep_float32 = options.weight_dtype == "float32" and not has_torch_weights
+    return _create(policy_config, train, checkpoint, serving, options, torch_weights=has_torch_weights)
+
+
+def _create(
+    policy_config: Any,
+    train: Any,
+    checkpoint: str | pathlib.Path,
+    serving: PolicyConfig,
+    options: OpenpiOptions,
+    *,
+    torch_weights: bool,
+) -> OpenpiPolicy:
+    keep_float32 = options.weight_dtype == "float32" and not torch_weights
     with _float32_weights(policy_config) if keep_float32 else contextlib.nullcontext():
         policy = policy_config.create_trained_policy(
             train,
             checkpoint,
             default_prompt=options.default_prompt,
-            pytorch_device=options.torch_device if has_torch_weights else None,
+            pytorch_device=options.torch_device if torch_weights else None,
         )
-    return OpenpiPolicy(policy, serving, options, config_name)
+    return OpenpiPolicy(policy, serving, options, serving.name)

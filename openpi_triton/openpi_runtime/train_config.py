@@ -12,6 +12,7 @@ from typing import Any
 
 from openpi_triton.native.configs import POLICY_CONFIGS, PolicyConfig
 from openpi_triton.native.embodiments import EMBODIMENTS
+from openpi_triton.openpi_runtime import environment
 
 # openpi's robot input transforms -> this project's embodiment with the same observation format.
 EMBODIMENT_OF_TRANSFORM = {"AlohaInputs": "aloha", "DroidInputs": "droid", "LiberoInputs": "libero"}
@@ -67,3 +68,13 @@ def serving_config(name: str, train: Any, embodiment_override: str = "") -> Poli
         action_dim=int(model.action_dim),
         metadata=dict(train.policy_metadata or (known.metadata if known else {})),
     )
+
+
+def resolve(name: str, *, embodiment: str = "", setup_script: str = "") -> tuple[Any, PolicyConfig]:
+    """Imports openpi (clear error if absent), runs the setup script, returns (TrainConfig, serving config)."""
+    compile_mode = environment.pytorch_compile_mode()
+    environment.import_openpi()
+    if setup_script:
+        environment.run_setup_script(setup_script)
+    train = load_train_config(name, compile_mode)
+    return train, serving_config(name, train, embodiment)

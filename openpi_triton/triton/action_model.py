@@ -1,5 +1,5 @@
 """The ``action`` model: robot observation tensors in, an action chunk out, all requests of one ``execute``
-stacked into one batched native-runtime call.
+stacked into one batched call of the configured runtime (``native`` or ``openpi``).
 """
 
 from __future__ import annotations
@@ -9,27 +9,56 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
-from openpi_triton.native.configs import get_policy_config
-from openpi_triton.native.policy import NativePolicy, PolicyOptions, PreparedObservation, load_policy
+from openpi_triton.native.configs import PolicyConfig, get_policy_config
+from openpi_triton.native.policy import PolicyOptions, load_policy
 from openpi_triton.triton import backend, io_spec
-from openpi_triton.triton.model_params import ActionParams, read_parameters
+from openpi_triton.triton.model_params import ActionParams, ParameterError, read_parameters
+
+
+def serving_config(params: ActionParams) -> PolicyConfig:
+    """The config the Triton I/O follows: the native runtime's table, or openpi's own TrainConfig."""
+    if params.runtime == "native":
+        assert params.config is not None  # ActionParams.parse guarantees it
+        return params.config
+    from openpi_triton.openpi_runtime import environment, train_config
+
+    try:
+        return train_config.resolve(
+            params.model_config_name, embodiment=params.embodiment, setup_script=params.openpi_setup_script
+        )[1]
+    except environment.OpenpiUnavailableError as exc:
+        raise pb_utils.TritonModelException(str(exc)) from None
+    except ValueError as exc:
+        raise pb_utils.TritonModelException(f"runtime 'openpi': {exc}") from None
 
 
 class ActionModel:
-    policy: NativePolicy
+    policy: Any  # NativePolicy or OpenpiPolicy: the same prepare / sample / finish stages
 
     @staticmethod
     def auto_complete_config(auto_complete_model_config: Any) -> Any:
-        params = read_parameters(auto_complete_model_config.as_dict())
-        config = get_policy_config(params.get("model_config_name", ""))
+        raw = read_parameters(auto_complete_model_config.as_dict())
+        if raw.get("runtime", "") == "openpi":
+            try:
+                config = serving_config(ActionParams.parse(raw))
+            except ParameterError as exc:
+                raise pb_utils.TritonModelException(str(exc)) from None
+        else:
+            config = get_policy_config(raw.get("model_config_name", ""))
         return backend.add_io(auto_complete_model_config, io_spec.action_inputs(config), io_spec.action_outputs(config))
 
     def initialize(self, args: dict[str, str]) -> None:
         self.params = backend.parse_parameters(ActionParams.parse, args)
-        if self.params.runtime != "native":
-            raise pb_utils.TritonModelException(
-                f"parameter 'runtime': {self.params.runtime!r} is not available in this build (issue #6); use 'native'"
-            )
+        if self.params.runtime == "openpi":
+            self.policy = self._load_openpi(args)
+        else:
+            self.policy = self._load_native(args)
+        self.inputs = io_spec.action_inputs(self.policy.config)
+        self.metrics = backend.ModelMetrics.create(args["model_name"], "action")
+        seconds = self.policy.warmup()
+        backend.logger.warning("%s ready: %s, warm-up %s", args["model_name"], self.policy.describe(), seconds)
+
+    def _load_native(self, args: dict[str, str]) -> Any:
         checkpoint_dir, tokenizer_path = backend.resolve_weights(self.params.checkpoint_dir, self.params.tokenizer_path)
         options = PolicyOptions(
             dtype=self.params.dtype,
@@ -39,17 +68,37 @@ class ActionModel:
             tokenizer_path=tokenizer_path,
         )
         device = backend.jax_device(args)
-        self.policy = backend.load_or_fail(
-            args, lambda: load_policy(self.params.config.name, checkpoint_dir, options, device)
+        assert self.params.config is not None
+        name = self.params.config.name
+        return backend.load_or_fail(args, lambda: load_policy(name, checkpoint_dir, options, device))
+
+    def _load_openpi(self, args: dict[str, str]) -> Any:
+        from openpi_triton.openpi_runtime import environment
+        from openpi_triton.openpi_runtime.policy import OpenpiOptions, load_openpi_policy
+
+        # Before JAX or torch start in this stub process: see only this instance's device.
+        torch_device = environment.pin_device(
+            args.get("model_instance_kind", "CPU"), int(args.get("model_instance_device_id", "0"))
         )
-        self.inputs = io_spec.action_inputs(self.params.config)
-        self.metrics = backend.ModelMetrics.create(args["model_name"], "action")
-        seconds = self.policy.warmup()
-        backend.logger.warning("%s ready: %s, warm-up %s", args["model_name"], self.policy.spec.describe(), seconds)
+        options = OpenpiOptions(
+            weight_dtype=self.params.dtype,
+            batch_buckets=self.params.batch_buckets,
+            default_prompt=self.params.default_prompt,
+            num_steps=self.params.num_steps,
+            embodiment=self.params.embodiment,
+            setup_script=self.params.openpi_setup_script,
+            torch_device=torch_device,
+        )
+        try:
+            return backend.load_or_fail(
+                args, lambda: load_openpi_policy(self.params.model_config_name, self.params.checkpoint_dir, options)
+            )
+        except environment.OpenpiUnavailableError as exc:
+            raise pb_utils.TritonModelException(f"{args['model_name']}: {exc}") from None
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
-        batches: list[tuple[int, list[PreparedObservation]]] = []
+        batches: list[tuple[int, list[Any]]] = []
         for index, request in enumerate(requests):
             try:
                 rows = backend.read_rows(request, self.inputs)
@@ -79,7 +128,7 @@ class ActionModel:
                 )
         return responses
 
-    def _prepare(self, row: dict[str, Any]) -> PreparedObservation:
+    def _prepare(self, row: dict[str, Any]) -> Any:
         noise = row.get(io_spec.NOISE)
         obs = backend.observation(row, exclude=(io_spec.NOISE,))
         return self.policy.prepare(obs, noise)

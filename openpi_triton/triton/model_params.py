@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from openpi_triton.native.batching import parse_buckets
-from openpi_triton.native.configs import PolicyConfig, get_policy_config
+from openpi_triton.native.configs import POLICY_CONFIGS, PolicyConfig, get_policy_config
 from openpi_triton.native.planner import DEFAULT_GENERATION_PROMPT_FORMAT, validate_prompt_format
 
 RUNTIMES = ("native", "openpi")
@@ -62,13 +62,19 @@ def _policy_config(params: Mapping[str, str]) -> PolicyConfig:
 @dataclasses.dataclass(frozen=True)
 class ActionParams:
     runtime: str
-    config: PolicyConfig
+    model_config_name: str
+    # The native runtime's description of the config; None for openpi configs only runtime 'openpi' knows.
+    config: PolicyConfig | None
     checkpoint_dir: str
     tokenizer_path: str
     default_prompt: str | None
     dtype: str
     num_steps: int
     batch_buckets: tuple[int, ...]
+    # runtime 'openpi' only: the robot format for configs with their own input transform, and a Python file
+    # run before the config is looked up (to register custom configs).
+    embodiment: str = ""
+    openpi_setup_script: str = ""
 
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> ActionParams:
@@ -76,15 +82,38 @@ class ActionParams:
             buckets = parse_buckets(params.get("batch_buckets", "") or "1,2,4,8")
         except ValueError as exc:
             raise ParameterError(f"parameter 'batch_buckets': {exc}") from None
+        runtime = _choice(params, "runtime", RUNTIMES, "native")
+        name = params.get("model_config_name", "")
+        if runtime == "openpi":
+            if not name:
+                raise ParameterError("parameter 'model_config_name' is required (an openpi config name)")
+            if params.get("tokenizer_path", ""):
+                raise ParameterError(
+                    "parameter 'tokenizer_path': not used by runtime 'openpi' (openpi reads its tokenizer from "
+                    "$OPENPI_DATA_HOME/big_vision); leave it empty"
+                )
+            if not params.get("checkpoint_dir", ""):
+                raise ParameterError(
+                    "parameter 'checkpoint_dir': runtime 'openpi' needs a checkpoint (a local directory, or a "
+                    "gs:// URI openpi downloads itself); the embedded default is for runtime 'native'"
+                )
+        else:
+            for key in ("embodiment", "openpi_setup_script"):
+                if params.get(key, ""):
+                    raise ParameterError(f"parameter '{key}': only used by runtime 'openpi'")
         return cls(
-            runtime=_choice(params, "runtime", RUNTIMES, "native"),
-            config=_policy_config(params),
+            runtime=runtime,
+            model_config_name=name,
+            config=_policy_config(params) if runtime == "native" else POLICY_CONFIGS.get(name),
             checkpoint_dir=params.get("checkpoint_dir", ""),
             tokenizer_path=params.get("tokenizer_path", ""),
             default_prompt=params.get("default_prompt", "") or None,
-            dtype=_choice(params, "dtype", ("float32", "bfloat16"), "float32"),
+            # openpi's own loader keeps weights in bfloat16; the native runtime defaults to float32.
+            dtype=_choice(params, "dtype", ("float32", "bfloat16"), "bfloat16" if runtime == "openpi" else "float32"),
             num_steps=_int(params, "num_steps", 10),
             batch_buckets=buckets,
+            embodiment=params.get("embodiment", ""),
+            openpi_setup_script=params.get("openpi_setup_script", ""),
         )
 
 

@@ -1,0 +1,204 @@
+"""runtime 'openpi': the adapter over an installed openpi.
+
+openpi is not on PyPI, so CI has no openpi: there the tests below that need it skip with the reason, and
+the tests of what a team sees without it (a clear load error on a real tritonserver, parameter checks, the
+compile-mode rule) run. Where openpi is installed (an image built with ``--build-arg OPENPI=...`` or a
+local install), the parity tests run: openpi's own policy, batched by this adapter, against the golden
+outputs openpi produced, against the native runtime with the same noise, and batched against per-item.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from openpi_triton.golden.tree import load_tree
+from openpi_triton.openpi_runtime import environment
+from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
+from openpi_triton.triton.model_params import ActionParams, ParameterError
+from tests.triton_helpers import copy_model, infer_inputs
+
+OPENPI_INSTALLED = importlib.util.find_spec("openpi") is not None
+needs_openpi = pytest.mark.skipif(
+    not OPENPI_INSTALLED,
+    reason="openpi is not installed (it is not on PyPI): build the image with --build-arg OPENPI=... or install "
+    "openpi into this venv to run the openpi-runtime parity tests (README 'openpi runtime')",
+)
+GOLDEN_SETUP = pathlib.Path(__file__).with_name("openpi_golden_setup.py")
+CASES = ("pi05_aloha", "pi05_droid", "pi0_aloha")
+
+
+# ----- without openpi too ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", environment.COMPILE_MODES)
+def test_every_openpi_compile_mode_is_accepted(mode: str) -> None:
+    assert environment.pytorch_compile_mode({environment.COMPILE_MODE_ENV: mode}) == mode
+
+
+def test_an_unknown_compile_mode_is_rejected_at_load_naming_the_choices() -> None:
+    assert environment.pytorch_compile_mode({}) is None
+    with pytest.raises(ValueError, match=r"OPENPI_PYTORCH_COMPILE_MODE.*max-autotune-no-cudagraphs.*'fast'"):
+        environment.pytorch_compile_mode({environment.COMPILE_MODE_ENV: "fast"})
+
+
+def test_openpi_parameters_are_checked_before_anything_loads() -> None:
+    base = {"runtime": "openpi", "model_config_name": "pi0_fast_droid", "checkpoint_dir": "/ckpt"}
+    params = ActionParams.parse(base)
+    assert params.config is None and params.dtype == "bfloat16"  # openpi's own weight dtype by default
+    with pytest.raises(ParameterError, match=r"'checkpoint_dir'.*runtime 'openpi' needs a checkpoint"):
+        ActionParams.parse({**base, "checkpoint_dir": ""})
+    with pytest.raises(ParameterError, match="'tokenizer_path': not used by runtime 'openpi'"):
+        ActionParams.parse({**base, "tokenizer_path": "/tok.model"})
+    with pytest.raises(ParameterError, match="'embodiment': only used by runtime 'openpi'"):
+        ActionParams.parse({"model_config_name": "pi05_aloha", "embodiment": "aloha"})
+
+
+@pytest.mark.skipif(OPENPI_INSTALLED, reason="checks the error seen where openpi is absent; openpi is installed here")
+def test_without_openpi_the_load_fails_saying_which_image_provides_it(
+    golden_dir: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    repo = tmp_path / "repository"
+    copy_model(
+        repo,
+        "action",
+        "openpi_action",
+        {"runtime": "openpi", "checkpoint_dir": str(golden_dir / "pi05_aloha" / "checkpoint")},
+    )
+    http, grpc, metrics = free_ports(3)
+    options = ServerOptions(repo, http, grpc, metrics, model_control_mode="explicit", load_models=())
+    with TritonServer(options, log_stream=open(tmp_path / "triton.log", "w")) as server:
+        server.wait_ready([], timeout=120)
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        with pytest.raises(InferenceServerException) as failure:
+            client.load_model("openpi_action")
+        message = str(failure.value)
+        assert "runtime 'openpi' needs the openpi package" in message, message
+        assert "--build-arg OPENPI=" in message, message
+        assert not client.is_model_ready("openpi_action")
+
+
+# ----- with openpi -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def openpi_data_home(golden_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
+    """openpi reads the tokenizer from $OPENPI_DATA_HOME/big_vision: the golden one stands in for PaliGemma's."""
+    home = tmp_path_factory.mktemp("openpi-data")
+    (home / "big_vision").mkdir()
+    (home / "big_vision" / "paligemma_tokenizer.model").write_bytes((golden_dir / "tokenizer.model").read_bytes())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OPENPI_DATA_HOME", str(home))
+        yield home
+
+
+def _golden_case(golden_dir: pathlib.Path, case: str) -> tuple[list[dict], list[np.ndarray], list[np.ndarray]]:
+    folders = sorted((golden_dir / case).glob("obs_*"))
+    observations = [load_tree(f, "input") for f in folders]
+    noises = [np.load(f / "noise.npy") for f in folders]
+    expected = [np.asarray(load_tree(f, "output")["actions"]) for f in folders]
+    return observations, noises, expected
+
+
+def _openpi_policy(golden_dir: pathlib.Path, case: str) -> Any:
+    from openpi_triton.openpi_runtime.policy import OpenpiOptions, load_openpi_policy
+
+    options = OpenpiOptions(weight_dtype="float32", setup_script=str(GOLDEN_SETUP), batch_buckets=(1, 2, 4, 8))
+    return load_openpi_policy(case, golden_dir / case / "checkpoint", options)
+
+
+@needs_openpi
+@pytest.mark.parametrize("case", CASES)
+def test_openpi_runtime_matches_golden_native_and_itself_batched(
+    case: str, golden_dir: pathlib.Path, openpi_data_home: pathlib.Path
+) -> None:
+    from openpi_triton.native.policy import PolicyOptions, load_policy
+
+    observations, noises, expected = _golden_case(golden_dir, case)
+    adapter = _openpi_policy(golden_dir, case)
+    native = load_policy(
+        case, golden_dir / case / "checkpoint", PolicyOptions(tokenizer_path=str(golden_dir / "tokenizer.model"))
+    )
+    batched = [r["actions"] for r in adapter.infer_batch(observations, noises)]
+    single = [adapter.infer_batch([o], [n])[0]["actions"] for o, n in zip(observations, noises, strict=True)]
+    reference = [r["actions"] for r in native.infer_batch(observations, noises)]
+    for i, want in enumerate(expected):
+        assert np.abs(batched[i] - want).max() < 1e-4, f"obs_{i}: batched openpi runtime vs golden"
+        assert np.abs(single[i] - batched[i]).max() < 1e-4, f"obs_{i}: batched vs per-item"
+        assert np.abs(reference[i] - batched[i]).max() < 1e-4, f"obs_{i}: openpi runtime vs native runtime"
+
+
+@needs_openpi
+def test_openpi_runtime_random_batches_equal_per_item(golden_dir: pathlib.Path, openpi_data_home: pathlib.Path) -> None:
+    adapter = _openpi_policy(golden_dir, "pi05_droid")
+    rng = np.random.default_rng(7)
+    embodiment = adapter.config.embodiment
+    for size in (1, 3, 5, 8, 11):  # 11 spans two buckets
+        observations = [embodiment.example(rng, f"task {k}") for k in range(size)]
+        noises = [rng.standard_normal((15, 32)).astype(np.float32) for _ in range(size)]
+        batched = adapter.infer_batch(observations, noises)
+        for k in range(size):
+            single = adapter.infer_batch([observations[k]], [noises[k]])[0]["actions"]
+            assert np.abs(single - batched[k]["actions"]).max() < 1e-4, f"batch {size}, row {k}"
+
+
+@needs_openpi
+def test_openpi_runtime_rejects_bad_observations_naming_the_field(
+    golden_dir: pathlib.Path, openpi_data_home: pathlib.Path
+) -> None:
+    adapter = _openpi_policy(golden_dir, "pi05_aloha")
+    observation = load_tree(golden_dir / "pi05_aloha" / "obs_0", "input")
+    with pytest.raises(ValueError, match="state"):
+        adapter.prepare({**observation, "state": np.zeros(5)})
+    with pytest.raises(ValueError, match="'noise': expected float32 \\[50, 32\\]"):
+        adapter.prepare(observation, np.zeros((10, 32), np.float32))
+
+
+@needs_openpi
+def test_openpi_runtime_through_triton_matches_golden_and_batches(
+    golden_dir: pathlib.Path, openpi_data_home: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    import concurrent.futures
+
+    repo = tmp_path / "repository"
+    copy_model(
+        repo,
+        "action",
+        "openpi_action",
+        {
+            "runtime": "openpi",
+            "checkpoint_dir": str(golden_dir / "pi05_aloha" / "checkpoint"),
+            "dtype": "float32",
+            "batch_buckets": "1,2,4",
+            "openpi_setup_script": str(GOLDEN_SETUP),
+        },
+    )
+    config = repo / "openpi_action" / "config.pbtxt"
+    config.write_text(
+        config.read_text().replace("max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 200000")
+    )
+    observations, noises, expected = _golden_case(golden_dir, "pi05_aloha")
+    http, grpc, metrics = free_ports(3)
+    options = ServerOptions(repo, http, grpc, metrics, env={"OPENPI_DATA_HOME": str(openpi_data_home)})
+    with TritonServer(options, log_stream=open(tmp_path / "triton.log", "w")) as server:
+        server.wait_ready(["openpi_action"], timeout=600)
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+
+        def call(i: int) -> np.ndarray:
+            inputs = infer_inputs(observations[i], {"noise": noises[i]})
+            return client.infer("openpi_action", inputs).as_numpy("actions")[0]
+
+        with concurrent.futures.ThreadPoolExecutor(len(observations)) as pool:
+            answers = list(pool.map(call, range(len(observations))))
+        for i, want in enumerate(expected):
+            assert np.abs(answers[i] - want).max() < 1e-4, f"obs_{i} through Triton"
+        stats = client.get_inference_statistics("openpi_action", as_json=True)["model_stats"][0]
+        assert int(stats["inference_count"]) == len(observations)
+        assert int(stats["execution_count"]) < len(observations), f"requests were not batched: {stats}"
