@@ -10,14 +10,15 @@
 # overrides (ml-dtypes, tensorstore) plus numpy<2, then openpi's patched transformers modules copied over
 # the installed transformers (the PyTorch set-up step of openpi's README; openpi only checks the version).
 #
-# Environment (mirrors, air-gapped sites): OPENPI_REPO (default
-# git+https://github.com/Physical-Intelligence/openpi), LEROBOT_REQUIREMENT (default lerobot from GitHub at
-# openpi's pinned commit; empty skips it), UV (a uv binary; default: uv on PATH, else pip-installed into a
+# An openpi-client already in the environment keeps its version (openpi would replace it with the copy in its
+# own workspace). Environment (mirrors, air-gapped sites): OPENPI_REPO (default
+# git+https://github.com/Physical-Intelligence/openpi), LEROBOT_REQUIREMENT (a requirement replacing lerobot
+# from GitHub at openpi's pinned commit), UV (a uv binary; default: uv on PATH, else pip-installed into a
 # temporary folder).
 set -euo pipefail
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 python_bin="python3"
@@ -52,6 +53,14 @@ fi
 
 # Overrides win over every requirement in the graph, openpi's own sources included.
 printf 'ml-dtypes==0.4.1\ntensorstore==0.1.74\nnumpy<2\n%s\n' "$lerobot_requirement" >"${workdir}/overrides.txt"
+client_version="$("$python_bin" -c 'import importlib.metadata as m
+try:
+    print(m.version("openpi-client"))
+except m.PackageNotFoundError:
+    pass')"
+if [[ -n "$client_version" ]]; then
+  echo "openpi-client==${client_version}" >>"${workdir}/overrides.txt"
+fi
 openpi_requirement="openpi @ ${openpi_repo}@${ref}"
 echo "[install_openpi] installing ${openpi_requirement} into $("$python_bin" -c 'import sys; print(sys.prefix)')" >&2
 "$uv_bin" pip install --no-cache --python "$python_bin" --override "${workdir}/overrides.txt" "$openpi_requirement"

@@ -64,6 +64,20 @@ def test_openpi_parameters_are_checked_before_anything_loads() -> None:
         ActionParams.parse({"model_config_name": "pi05_aloha", "embodiment": "aloha"})
 
 
+def test_each_instance_sees_only_its_own_device() -> None:
+    environ: dict[str, str] = {}
+    assert environment.pin_device("GPU", 1, environ) == "cuda:0" and environ["CUDA_VISIBLE_DEVICES"] == "1"
+    # Triton numbers GPUs within the server's own CUDA_VISIBLE_DEVICES.
+    environ = {"CUDA_VISIBLE_DEVICES": "2,3"}
+    environment.pin_device("GPU", 1, environ)
+    assert environ["CUDA_VISIBLE_DEVICES"] == "3"
+    with pytest.raises(ValueError, match=r"instance GPU 2 is not among CUDA_VISIBLE_DEVICES='2,3'"):
+        environment.pin_device("GPU", 2, {"CUDA_VISIBLE_DEVICES": "2,3"})
+    environ = {"CUDA_VISIBLE_DEVICES": "0"}
+    assert environment.pin_device("CPU", 0, environ) == "cpu"
+    assert environ == {"CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu"}
+
+
 @pytest.mark.skipif(OPENPI_INSTALLED, reason="checks the error seen where openpi is absent; openpi is installed here")
 def test_without_openpi_the_load_fails_saying_which_image_provides_it(
     golden_dir: pathlib.Path, tmp_path: pathlib.Path
@@ -180,17 +194,29 @@ def test_openpi_runtime_pytorch_checkpoint_batched_equals_openpis_own_infer(
 
     observations, noises, _ = _golden_case(golden_dir, "pi05_aloha")
     observations, noises = observations[:2], noises[:2]
-    options = OpenpiOptions(weight_dtype="float32", setup_script=str(GOLDEN_SETUP), batch_buckets=(1, 2))
-    adapter = load_openpi_policy("pi05_aloha", checkpoint, options)
+
+    def adapter_for(dtype: str) -> Any:
+        options = OpenpiOptions(weight_dtype=dtype, setup_script=str(GOLDEN_SETUP), batch_buckets=(1, 2))
+        return load_openpi_policy("pi05_aloha", checkpoint, options)
+
+    # bfloat16: what openpi's own factory loads, so its Policy.infer is the reference.
+    adapter = adapter_for("bfloat16")
     assert adapter.is_pytorch and "PyTorch" in adapter.describe()
     batched = [r["actions"] for r in adapter.infer_batch(observations, noises)]
-
     reference = policy_config.create_trained_policy(train, str(checkpoint), pytorch_device="cpu")
     for i, (observation, noise) in enumerate(zip(observations, noises, strict=True)):
         want = reference.infer(copy.deepcopy(observation), noise=noise)["actions"]
         assert batched[i].shape == want.shape == (50, 14)
         assert np.abs(batched[i] - want).max() < 1e-4, f"obs_{i}: batched adapter vs openpi's Policy.infer"
     assert np.abs(batched[0] - batched[1]).max() > 1e-3, "different observations gave the same actions"
+
+    # float32: every weight stays float32 (openpi's factory would cast to bfloat16), batched = per-item.
+    adapter = adapter_for("float32")
+    assert {p.dtype for p in adapter._model.parameters()} == {torch.float32}
+    batched = [r["actions"] for r in adapter.infer_batch(observations, noises)]
+    for i, (observation, noise) in enumerate(zip(observations, noises, strict=True)):
+        single = adapter.infer_batch([observation], [noise])[0]["actions"]
+        assert np.abs(single - batched[i]).max() < 1e-4, f"obs_{i}: float32 batched vs per-item"
 
 
 @needs_openpi
@@ -203,6 +229,35 @@ def test_openpi_runtime_rejects_bad_observations_naming_the_field(
         adapter.prepare({**observation, "state": np.zeros(5)})
     with pytest.raises(ValueError, match="'noise': expected float32 \\[50, 32\\]"):
         adapter.prepare(observation, np.zeros((10, 32), np.float32))
+
+
+@needs_openpi
+def test_openpi_runtime_rejects_a_row_whose_transformed_arrays_differ(
+    golden_dir: pathlib.Path, openpi_data_home: pathlib.Path
+) -> None:
+    adapter = _openpi_policy(golden_dir, "pi05_aloha")
+    inputs = adapter.prepare(load_tree(golden_dir / "pi05_aloha" / "obs_0", "input")).inputs
+    inputs["tokenized_prompt"] = np.asarray(inputs["tokenized_prompt"])[:10]
+    with pytest.raises(ValueError, match=r"'tokenized_prompt' is int64 \[10\], expected int64 \[200\]"):
+        adapter._check_layout(inputs)
+
+
+@needs_openpi
+def test_requests_without_noise_compile_nothing_after_warm_up(
+    golden_dir: pathlib.Path, openpi_data_home: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import jax
+
+    adapter = _openpi_policy(golden_dir, "pi05_aloha")
+    adapter.warmup()
+    observations, _, _ = _golden_case(golden_dir, "pi05_aloha")
+    with jax.log_compiles(True), caplog.at_level("WARNING"):
+        caplog.clear()
+        for size in (1, 2, 4):
+            results = adapter.infer_batch(observations[:2] * 2 if size == 4 else observations[:size])
+            assert all(np.all(np.isfinite(r["actions"])) for r in results)
+    compiles = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+    assert not compiles, compiles
 
 
 @needs_openpi

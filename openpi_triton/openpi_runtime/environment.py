@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pathlib
 import runpy
+import sys
 from types import ModuleType
 
 COMPILE_MODE_ENV = "OPENPI_PYTORCH_COMPILE_MODE"
@@ -46,18 +47,29 @@ def pytorch_compile_mode(environ: dict[str, str] | None = None) -> str | None:
     return value
 
 
-def pin_device(instance_kind: str, device_id: int) -> str:
+def pin_device(instance_kind: str, device_id: int, environ: dict[str, str] | None = None) -> str:
     """Makes this process see only the Triton instance's device; returns the torch device name.
 
-    Every Triton model instance runs in its own stub process, so environment variables set before JAX and
-    torch initialise their backends decide what they see. Without this, openpi's ``restore_params``
-    replicates the weights onto every visible GPU.
+    Every Triton model instance runs in its own stub process, so settings made before JAX and torch
+    initialise their backends decide what they see. Without this, openpi's ``restore_params`` replicates
+    the weights onto every visible GPU. Triton numbers GPUs within the server's own CUDA_VISIBLE_DEVICES,
+    so an id is looked up in that list when it is set.
     """
+    env = os.environ if environ is None else environ
     if instance_kind == "GPU":
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(device_id)
+        visible = [d.strip() for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        if visible and device_id >= len(visible):
+            raise ValueError(
+                f"instance GPU {device_id} is not among CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']!r}"
+            )
+        env["CUDA_VISIBLE_DEVICES"] = visible[device_id] if visible else str(device_id)
         return "cuda:0"
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    env["JAX_PLATFORMS"] = "cpu"
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    if environ is None and "jax" in sys.modules:
+        # JAX reads JAX_PLATFORMS when it is imported (the native runtime's modules import it); its config
+        # still applies as long as no backend has started, which is the case before the policy loads.
+        sys.modules["jax"].config.update("jax_platforms", "cpu")
     return "cpu"
 
 

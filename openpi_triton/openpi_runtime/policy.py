@@ -88,6 +88,7 @@ class OpenpiPolicy:
 
             self._rng = jax.random.key(0)
         self.compiled_buckets: set[int] = set()
+        self._layout: dict[str, tuple[tuple[int, ...], str]] | None = None
 
     @property
     def action_horizon(self) -> int:
@@ -109,7 +110,25 @@ class OpenpiPolicy:
             inputs = self._input_transform(copied)
         except Exception as exc:
             raise ValueError(f"observation rejected by openpi's input transforms: {type(exc).__name__}: {exc}") from exc
+        self._check_layout(inputs)
         return OpenpiPrepared(inputs=inputs, noise=checked_noise)
+
+    def _check_layout(self, inputs: Mapping[str, Any]) -> None:
+        """Rows are stacked into one batch: a row whose transformed arrays differ from the first one seen
+        (the warm-up example) is this request's error, not the whole batch's."""
+        layout = _layout(inputs)
+        if self._layout is None:
+            self._layout = layout
+            return
+        if layout != self._layout:
+            differing = sorted(
+                key for key in set(layout) | set(self._layout) if layout.get(key) != self._layout.get(key)
+            )
+            key = differing[0]
+            raise ValueError(
+                f"observation after openpi's input transforms: {key!r} is {_describe(layout.get(key))}, "
+                f"expected {_describe(self._layout.get(key))} (as every other observation of this model)"
+            )
 
     def check_noise(self, noise: Any) -> np.ndarray | None:
         if noise is None:
@@ -140,8 +159,10 @@ class OpenpiPolicy:
         return rows
 
     def _batched_noise(self, padded: Sequence[OpenpiPrepared]) -> np.ndarray | None:
-        if not self.takes_noise or all(p.noise is None for p in padded):
-            return None  # the model draws the whole batch itself
+        # Always an argument for models that take it (drawn here for rows without): jit and torch.compile
+        # specialise on whether ``noise`` is given, and warm-up passes it, so serving must too.
+        if not self.takes_noise:
+            return None
         shape = (self.config.action_horizon, self.config.action_dim)
         return np.stack(
             [p.noise if p.noise is not None else self._noise_rng.standard_normal(shape, np.float32) for p in padded]
@@ -209,6 +230,23 @@ class OpenpiPolicy:
         return seconds
 
 
+def _layout(tree: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[tuple[int, ...], str]]:
+    """Every array of a transformed observation as ``{"image/base_0_rgb": (shape, dtype)}``."""
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_layout(value, f"{name}/"))
+        else:
+            array = np.asarray(value)
+            out[name] = (tuple(array.shape), str(array.dtype))
+    return out
+
+
+def _describe(entry: tuple[tuple[int, ...], str] | None) -> str:
+    return "absent" if entry is None else f"{entry[1]} {list(entry[0])}"
+
+
 def _copy_tree(tree: Any) -> Any:
     if isinstance(tree, Mapping):
         return {k: _copy_tree(v) for k, v in tree.items()}
@@ -249,6 +287,34 @@ def _float32_weights(policy_config: Any) -> Iterator[None]:
         model_module.restore_params = original
 
 
+@contextlib.contextmanager
+def _pytorch_precision(weight_dtype: str) -> Iterator[None]:
+    """openpi's factory casts PyTorch weights to bfloat16 after loading; this casts to ``weight_dtype`` instead.
+
+    The model is built in the config's dtype and the checkpoint copied into it; with float32 the build must
+    be float32 too, or the weights would be rounded to bfloat16 before the cast back.
+    """
+    from openpi.models_pytorch import gemma_pytorch
+
+    model_class = gemma_pytorch.PaliGemmaWithExpertModel
+    original_init = model_class.__init__
+    original_cast = model_class.to_bfloat16_for_selected_params
+
+    def init_in_dtype(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **{**kwargs, "precision": weight_dtype})
+
+    def cast_to_dtype(self: Any, precision: str = "bfloat16") -> None:
+        original_cast(self, weight_dtype)
+
+    model_class.__init__ = init_in_dtype
+    model_class.to_bfloat16_for_selected_params = cast_to_dtype
+    try:
+        yield
+    finally:
+        model_class.__init__ = original_init
+        model_class.to_bfloat16_for_selected_params = original_cast
+
+
 def load_openpi_policy(
     config_name: str, checkpoint_dir: str | pathlib.Path, options: OpenpiOptions | None = None
 ) -> OpenpiPolicy:
@@ -280,11 +346,12 @@ def _create(
     torch_weights: bool,
 ) -> OpenpiPolicy:
     if torch_weights:
-        # openpi's PyTorch model takes its precision from the model config's dtype (bfloat16 in openpi's
-        # configs), so the dtype parameter goes there.
-        train = dataclasses.replace(train, model=dataclasses.replace(train.model, dtype=options.weight_dtype))
-    keep_float32 = options.weight_dtype == "float32" and not torch_weights
-    with _float32_weights(policy_config) if keep_float32 else contextlib.nullcontext():
+        patch = _pytorch_precision(options.weight_dtype)
+    elif options.weight_dtype == "float32":
+        patch = _float32_weights(policy_config)
+    else:
+        patch = contextlib.nullcontext()
+    with patch:
         policy = policy_config.create_trained_policy(
             train,
             checkpoint,

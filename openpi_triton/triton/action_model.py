@@ -118,8 +118,13 @@ class ActionModel:
             self.metrics.observe(len(flat), ms)
             row = 0
             for index, items in batches:
-                actions = [self.policy.finish(item, raw[row + k]) for k, item in enumerate(items)]
+                own_rows = raw[row : row + len(items)]
                 row += len(items)
+                try:
+                    actions = [self.policy.finish(item, r) for item, r in zip(items, own_rows, strict=True)]
+                except Exception as exc:  # output transforms of this request alone: the others still answer
+                    responses[index] = backend.internal(f"action output transforms failed: {type(exc).__name__}: {exc}")
+                    continue
                 responses[index] = pb_utils.InferenceResponse(
                     [
                         backend.float_tensor(io_spec.ACTIONS, actions),
