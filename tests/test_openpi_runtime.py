@@ -38,6 +38,14 @@ GOLDEN_SETUP = pathlib.Path(__file__).with_name("openpi_golden_setup.py")
 CASES = ("pi05_aloha", "pi05_droid", "pi0_aloha")
 
 
+def _openpi_action_repository(tmp_path: pathlib.Path, golden_dir: pathlib.Path, extra: dict[str, str]) -> pathlib.Path:
+    """A model repository with the shipped action model as ``openpi_action``, runtime openpi on golden pi05_aloha."""
+    repo = tmp_path / "repository"
+    checkpoint = str(golden_dir / "pi05_aloha" / "checkpoint")
+    copy_model(repo, "action", "openpi_action", {"runtime": "openpi", "checkpoint_dir": checkpoint, **extra})
+    return repo
+
+
 # ----- without openpi too ----------------------------------------------------------------------------------------
 
 
@@ -82,13 +90,7 @@ def test_each_instance_sees_only_its_own_device() -> None:
 def test_without_openpi_the_load_fails_saying_which_image_provides_it(
     golden_dir: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
-    repo = tmp_path / "repository"
-    copy_model(
-        repo,
-        "action",
-        "openpi_action",
-        {"runtime": "openpi", "checkpoint_dir": str(golden_dir / "pi05_aloha" / "checkpoint")},
-    )
+    repo = _openpi_action_repository(tmp_path, golden_dir, {})
     http, grpc, metrics = free_ports(3)
     options = ServerOptions(repo, http, grpc, metrics, model_control_mode="explicit", load_models=())
     with TritonServer(options, log_stream=open(tmp_path / "triton.log", "w")) as server:
@@ -266,19 +268,8 @@ def test_openpi_runtime_through_triton_matches_golden_and_batches(
 ) -> None:
     import concurrent.futures
 
-    repo = tmp_path / "repository"
-    copy_model(
-        repo,
-        "action",
-        "openpi_action",
-        {
-            "runtime": "openpi",
-            "checkpoint_dir": str(golden_dir / "pi05_aloha" / "checkpoint"),
-            "dtype": "float32",
-            "batch_buckets": "1,2,4",
-            "openpi_setup_script": str(GOLDEN_SETUP),
-        },
-    )
+    extra = {"dtype": "float32", "batch_buckets": "1,2,4", "openpi_setup_script": str(GOLDEN_SETUP)}
+    repo = _openpi_action_repository(tmp_path, golden_dir, extra)
     config = repo / "openpi_action" / "config.pbtxt"
     config.write_text(
         config.read_text().replace("max_queue_delay_microseconds: 0", "max_queue_delay_microseconds: 200000")

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from openpi_triton import staged_policy
 from openpi_triton.native import batching, checkpoint, normalize, pi0, tokenizer
 from openpi_triton.native.configs import PolicyConfig, get_policy_config
 from openpi_triton.native.embodiments.base import MODEL_IMAGE_SIZE, RobotFrame
@@ -248,16 +249,7 @@ class NativePolicy:
         self, observations: Sequence[Mapping[str, Any]], noise: Sequence[Any] | None = None
     ) -> list[dict[str, Any]]:
         """openpi's ``Policy.infer`` for many observations in one model call; raises on the first bad one."""
-        noises = list(noise) if noise is not None else [None] * len(observations)
-        if len(noises) != len(observations):
-            raise ValueError(f"'noise': got {len(noises)} entries for {len(observations)} observations")
-        prepared = [self.prepare(obs, n) for obs, n in zip(observations, noises, strict=True)]
-        start = time.perf_counter()
-        raw = self.sample(prepared)
-        infer_ms = (time.perf_counter() - start) * 1000.0
-        return [
-            {"actions": self.finish(p, raw[i]), "policy_timing": {"infer_ms": infer_ms}} for i, p in enumerate(prepared)
-        ]
+        return staged_policy.infer_batch(self, observations, noise)
 
     def infer(self, obs: Mapping[str, Any], noise: Any = None) -> dict[str, Any]:
         return self.infer_batch([obs], None if noise is None else [noise])[0]

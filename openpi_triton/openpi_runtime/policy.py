@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from openpi_triton import staged_policy
 from openpi_triton.native import batching
 from openpi_triton.native.configs import PolicyConfig
 from openpi_triton.openpi_runtime import environment, train_config
@@ -207,14 +208,7 @@ class OpenpiPolicy:
         self, observations: Sequence[Mapping[str, Any]], noise: Sequence[Any] | None = None
     ) -> list[dict[str, Any]]:
         """``Policy.infer`` for many observations in one model call per bucket; raises on the first bad one."""
-        noises = list(noise) if noise is not None else [None] * len(observations)
-        prepared = [self.prepare(obs, n) for obs, n in zip(observations, noises, strict=True)]
-        start = time.perf_counter()
-        raw = self.sample(prepared)
-        infer_ms = (time.perf_counter() - start) * 1000.0
-        return [
-            {"actions": self.finish(p, raw[i]), "policy_timing": {"infer_ms": infer_ms}} for i, p in enumerate(prepared)
-        ]
+        return staged_policy.infer_batch(self, observations, noise)
 
     def warmup(self) -> dict[int, float]:
         """Runs every bucket once so that serving never compiles (seconds per bucket)."""
