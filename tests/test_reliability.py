@@ -70,6 +70,10 @@ def test_a_crashing_stub_fails_only_the_request_it_was_running(
     assert robot.infer(OBS)["actions"].shape == (50, 14)
     duration = time.monotonic() - started
     (stub,) = stub_pids(server.options.model_repository, "action")
+    deadline = time.monotonic() + 30
+    while not watchdog.watched_stubs("action") and time.monotonic() < deadline:
+        time.sleep(0.1)  # the fault comes after the watchdog knows the stub, as in a long-running stack
+    assert watchdog.watched_stubs("action") == {"action_0_0"}
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         in_flight = pool.submit(robot.infer, OBS)

@@ -6,9 +6,13 @@ healthy", for good, while Triton still reports the model ready. The watchdog not
 (a stub process of that tritonserver that it saw before is gone, or the model reports not ready as newer
 Tritons do) and reloads the model:
 
-- explicit mode: Triton's unload then load API (a plain load of an unchanged model keeps the dead instance);
-- poll mode (the API is refused): it touches ``<repository>/<model>/config.pbtxt``, which Triton's next
-  poll treats as an edit and reloads.
+- explicit mode: Triton's unload API, a wait until the model leaves READY, then the load API (a plain load
+  of an unchanged, still READY model keeps the dead instance);
+- poll mode (the API is refused): it touches the model's version folders, which Triton's next poll loads
+  afresh, with new stubs.
+
+A reload counts as done once the model is ready with live stubs again; until then the model is not judged
+healthy by readiness alone, and a reload without result is tried again after ``retry_after_s``.
 
 Run beside a tritonserver: ``make serve`` and the docker entrypoint do; by hand,
 ``python -m openpi_triton.triton.watchdog --url 127.0.0.1:8101 --triton-pid <pid> --repository model_repository``.
@@ -31,6 +35,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("openpi_triton.watchdog")
 
+# Every call the watchdog makes has a deadline, so one stuck call cannot stop it watching.
+QUERY_TIMEOUT_S = 10.0
+# Unload and load wait for a checkpoint to load and every batch bucket to compile (minutes on a GPU).
+LOAD_TIMEOUT_S = 1800.0
+CHECK_FAILURES_WORTH_A_WARNING = 10
+
 
 @dataclasses.dataclass(frozen=True)
 class WatchdogOptions:
@@ -51,8 +61,16 @@ class StubWatchdog:
         self.reloads: list[str] = []  # models reloaded so far, in order (for logs and tests)
         self._pending: dict[str, float] = {}  # model -> when its reload was asked for
         self._seen: dict[str, set[str]] = {}  # model -> stub instances seen alive since its last (re)load
+        # Models reloaded whose new stubs have not been seen yet: a reload that silently kept the dead
+        # instance must not pass for a recovery (no stub alive, Triton still says ready).
+        self._reloading: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stub-watchdog", daemon=True)
+
+    def watched_stubs(self, model: str) -> set[str]:
+        """The stub instances of ``model`` seen alive so far: a stub that dies before it was ever seen is
+        noticed only if Triton reports the model not ready."""
+        return set(self._seen.get(model, set()))
 
     def start(self) -> StubWatchdog:
         self._thread.start()
@@ -66,48 +84,68 @@ class StubWatchdog:
         import tritonclient.grpc as grpcclient
 
         client = grpcclient.InferenceServerClient(self.options.grpc_url)
+        failures = 0
         try:
             while not self._stop.wait(self.options.interval_s):
                 try:
                     self.check_once(client)
+                    failures = 0
                 except Exception as exc:  # Triton down or restarting: its own supervisor deals with that
-                    logger.debug("watchdog check skipped: %s", exc)
+                    failures += 1
+                    log = logger.warning if failures == CHECK_FAILURES_WORTH_A_WARNING else logger.debug
+                    log("watchdog check failed (%d in a row): %s", failures, exc)
+                    # A fresh channel: one whose calls time out may stay broken.
+                    client.close()
+                    client = grpcclient.InferenceServerClient(self.options.grpc_url)
         finally:
             client.close()
 
     def check_once(self, client: grpcclient.InferenceServerClient) -> None:
         """One pass: reloads every loaded model that cannot serve (recorded in :attr:`reloads`)."""
-        if not client.is_server_live():
+        if not client.is_server_live(client_timeout=QUERY_TIMEOUT_S):
             return
         stubs = live_stub_instances(self.options.triton_pid) if self.options.triton_pid else {}
-        for entry in client.get_model_repository_index(as_json=True).get("models", []):
+        for entry in _model_index(client):
             name = entry["name"]
             if entry.get("state") != "READY":
                 continue  # loading, unloading or failed to load: not a dead stub
             alive = stubs.get(name, set())
-            seen = self._seen.setdefault(name, set())
-            seen |= alive
-            if seen <= alive and client.is_model_ready(name):
-                self._pending.pop(name, None)
-                continue
+            if name in self._reloading:
+                # Recovered once the model is ready with live stubs (readiness alone without a Triton pid).
+                if (alive or not self.options.triton_pid) and _ready(client, name):
+                    self._reloading.discard(name)
+                    self._pending.pop(name, None)
+                    self._seen[name] = set(alive)
+                    continue
+                dead: list[str] = []
+            else:
+                seen = self._seen.setdefault(name, set())
+                seen |= alive
+                if seen <= alive and _ready(client, name):
+                    continue
+                dead = sorted(seen - alive)
             asked = self._pending.get(name)
             if asked is not None and time.monotonic() - asked < self.options.retry_after_s:
                 continue
             self._pending[name] = time.monotonic()
-            self._seen[name] = set()  # the reloaded model's stubs are learnt afresh
-            self._reload(client, name, sorted(seen - alive))
+            self._reloading.add(name)
+            self._reload(client, name, dead)
 
     def _reload(self, client: grpcclient.InferenceServerClient, name: str, dead: list[str]) -> None:
         from tritonclient.utils import InferenceServerException
 
-        why = f"stub {', '.join(dead)} died" if dead else "it reports not ready"
+        why = f"stub {', '.join(dead)} died" if dead else "it has no live stub or reports not ready"
         logger.warning("model '%s' cannot serve (%s): reloading it", name, why)
         self.reloads.append(name)
         # A plain load of an unchanged model keeps its (dead) instances: unload first. The model serves
         # nothing meanwhile anyway.
         try:
-            client.unload_model(name)
-            client.load_model(name)
+            client.unload_model(name, client_timeout=LOAD_TIMEOUT_S)
+            # The unload API returns before Triton acts on it; a load while the model is still READY is a
+            # no-op that keeps the dead instance. Once it is UNLOADING (which can last minutes: the dead
+            # stub never acknowledges), a load starts new instances.
+            self._wait_until_not_ready(client, name)
+            client.load_model(name, client_timeout=LOAD_TIMEOUT_S)
             return
         except InferenceServerException as exc:
             if "not allowed" not in (exc.message() or "").lower():
@@ -128,6 +166,24 @@ class StubWatchdog:
         for version in versions:
             os.utime(version)
         logger.warning("touched %s: Triton's next repository poll reloads '%s'", model_dir, name)
+
+    @staticmethod
+    def _wait_until_not_ready(client: grpcclient.InferenceServerClient, name: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            states = {m["name"]: m.get("state") for m in _model_index(client)}
+            if states.get(name) != "READY":
+                return
+            time.sleep(0.1)
+        logger.warning("model '%s' still READY %.0f s after its unload: loading it anyway", name, timeout_s)
+
+
+def _model_index(client: grpcclient.InferenceServerClient) -> list[dict]:
+    return client.get_model_repository_index(as_json=True, client_timeout=QUERY_TIMEOUT_S).get("models", [])
+
+
+def _ready(client: grpcclient.InferenceServerClient, name: str) -> bool:
+    return bool(client.is_model_ready(name, client_timeout=QUERY_TIMEOUT_S))
 
 
 def live_stub_instances(triton_pid: int) -> dict[str, set[str]]:
