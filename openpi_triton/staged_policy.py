@@ -8,9 +8,14 @@ row. ``infer_batch`` is the whole of openpi's ``Policy.infer`` for many observat
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 class StagedPolicy(Protocol):
@@ -35,3 +40,32 @@ def infer_batch(
     return [
         {"actions": policy.finish(p, raw[i]), "policy_timing": {"infer_ms": infer_ms}} for i, p in enumerate(prepared)
     ]
+
+
+def check_noise(noise: Any, expected: tuple[int, int]) -> np.ndarray | None:
+    """A request's ``noise``: ``None``, or finite floats of shape ``expected`` (a leading batch of 1 allowed)."""
+    if noise is None:
+        return None
+    try:
+        array = np.asarray(noise)
+    except ValueError:
+        raise ValueError(f"'noise': expected float32 {list(expected)}, got a ragged sequence") from None
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.shape != expected or not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"'noise': expected float32 {list(expected)}, got {array.dtype} {list(array.shape)}")
+    if not np.all(np.isfinite(array)):
+        bad = int(np.sum(~np.isfinite(array)))
+        raise ValueError(f"'noise': values must be finite, got {bad} NaN/inf of {array.size}")
+    return array.astype(np.float32)
+
+
+def warm_buckets(policy: StagedPolicy, example: Any, buckets: Sequence[int], label: str) -> dict[int, float]:
+    """One ``sample`` per batch bucket with a prepared example, so serving never compiles (seconds each)."""
+    seconds: dict[int, float] = {}
+    for bucket in buckets:
+        start = time.perf_counter()
+        policy.sample([example] * bucket)
+        seconds[bucket] = time.perf_counter() - start
+        logger.info("warm-up %s batch %d: %.2f s", label, bucket, seconds[bucket])
+    return seconds

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import logging
 import pathlib
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -166,22 +165,7 @@ class NativePolicy:
         )
 
     def check_noise(self, noise: Any) -> np.ndarray | None:
-        if noise is None:
-            return None
-        expected = (self.config.action_horizon, self.config.action_dim)
-        try:
-            array = np.asarray(noise)
-        except ValueError:
-            raise ValueError(f"'noise': expected float32 {list(expected)}, got a ragged sequence") from None
-        expected = (self.config.action_horizon, self.config.action_dim)
-        if array.ndim == 3 and array.shape[0] == 1:
-            array = array[0]
-        if array.shape != expected or not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"'noise': expected float32 {list(expected)}, got {array.dtype} {list(array.shape)}")
-        if not np.all(np.isfinite(array)):
-            bad = int(np.sum(~np.isfinite(array)))
-            raise ValueError(f"'noise': values must be finite, got {bad} NaN/inf of {array.size}")
-        return array.astype(np.float32)
+        return staged_policy.check_noise(noise, (self.config.action_horizon, self.config.action_dim))
 
     def _draw_noise(self) -> np.ndarray:
         # Same key sequence as openpi's Policy (key(0), split per call), so a fresh policy's first
@@ -264,13 +248,7 @@ class NativePolicy:
         self._noise_fn(
             jax.device_put(jax.random.key(1), self.device)
         )  # compiles noise drawing without advancing the policy's keys
-        seconds: dict[int, float] = {}
-        for bucket in self.options.batch_buckets:
-            start = time.perf_counter()
-            self.sample([example] * bucket)
-            seconds[bucket] = time.perf_counter() - start
-            logger.info("warm-up %s batch %d: %.2f s", self.config.name, bucket, seconds[bucket])
-        return seconds
+        return staged_policy.warm_buckets(self, example, self.options.batch_buckets, self.config.name)
 
 
 def load_policy(

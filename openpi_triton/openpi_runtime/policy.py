@@ -14,7 +14,6 @@ import dataclasses
 import inspect
 import logging
 import pathlib
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -61,7 +60,7 @@ class OpenpiPrepared:
 class OpenpiPolicy:
     """A policy built by openpi's ``create_trained_policy``, run batched."""
 
-    def __init__(self, policy: Any, config: PolicyConfig, options: OpenpiOptions, model_name: str) -> None:
+    def __init__(self, policy: Any, config: PolicyConfig, options: OpenpiOptions) -> None:
         for attribute in ("_input_transform", "_output_transform", "_model", "_sample_actions", "_is_pytorch_model"):
             if not hasattr(policy, attribute):
                 raise RuntimeError(
@@ -70,7 +69,7 @@ class OpenpiPolicy:
                 )
         self.config = config
         self.options = options
-        self.model_name = model_name
+        self.model_name = config.name
         self.is_pytorch = bool(policy._is_pytorch_model)
         self._input_transform = policy._input_transform
         self._output_transform = policy._output_transform
@@ -82,9 +81,7 @@ class OpenpiPolicy:
         if options.num_steps is not None and "num_steps" in sample_parameters:
             self._sample_kwargs["num_steps"] = options.num_steps
         self._noise_rng = np.random.default_rng()
-        if self.is_pytorch:
-            self._torch_device = options.torch_device
-        else:
+        if not self.is_pytorch:
             import jax
 
             self._rng = jax.random.key(0)
@@ -132,19 +129,9 @@ class OpenpiPolicy:
             )
 
     def check_noise(self, noise: Any) -> np.ndarray | None:
-        if noise is None:
-            return None
-        if not self.takes_noise:
+        if noise is not None and not self.takes_noise:
             raise ValueError(f"'noise': model {self.model_name} ({type(self._model).__name__}) does not take noise")
-        expected = (self.config.action_horizon, self.config.action_dim)
-        array = np.asarray(noise)
-        if array.ndim == 3 and array.shape[0] == 1:
-            array = array[0]
-        if array.shape != expected or not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"'noise': expected float32 {list(expected)}, got {array.dtype} {list(array.shape)}")
-        if not np.all(np.isfinite(array)):
-            raise ValueError("'noise': values must be finite")
-        return array.astype(np.float32)
+        return staged_policy.check_noise(noise, (self.config.action_horizon, self.config.action_dim))
 
     def sample(self, prepared: Sequence[OpenpiPrepared]) -> list[dict[str, np.ndarray]]:
         """One model call per bucket-sized chunk; per row ``{"state", "actions"}`` as openpi's outputs hold them."""
@@ -179,13 +166,15 @@ class OpenpiPolicy:
             import torch
 
             def to_torch(x: Any) -> Any:
-                return torch.from_numpy(np.asarray(x)).to(self._torch_device)
+                return torch.from_numpy(np.asarray(x)).to(self.options.torch_device)
 
             inputs = _map_tree(to_torch, stacked)
             if noise is not None:
                 kwargs["noise"] = to_torch(noise)
             with torch.inference_mode():
-                actions = self._sample_actions(self._torch_device, openpi_model.Observation.from_dict(inputs), **kwargs)
+                actions = self._sample_actions(
+                    self.options.torch_device, openpi_model.Observation.from_dict(inputs), **kwargs
+                )
             return inputs["state"].detach().cpu().numpy(), actions.detach().cpu().numpy()
         import jax
         import jax.numpy as jnp
@@ -215,13 +204,7 @@ class OpenpiPolicy:
         rng = np.random.default_rng(0)
         noise = np.zeros((self.config.action_horizon, self.config.action_dim), np.float32) if self.takes_noise else None
         example = self.prepare(self.config.embodiment.example(rng), noise)
-        seconds: dict[int, float] = {}
-        for bucket in self.options.batch_buckets:
-            start = time.perf_counter()
-            self.sample([example] * bucket)
-            seconds[bucket] = time.perf_counter() - start
-            logger.info("warm-up openpi %s batch %d: %.2f s", self.model_name, bucket, seconds[bucket])
-        return seconds
+        return staged_policy.warm_buckets(self, example, self.options.batch_buckets, f"openpi {self.model_name}")
 
 
 def _layout(tree: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[tuple[int, ...], str]]:
@@ -352,4 +335,4 @@ def _create(
             default_prompt=options.default_prompt,
             pytorch_device=options.torch_device if torch_weights else None,
         )
-    return OpenpiPolicy(policy, serving, options, serving.name)
+    return OpenpiPolicy(policy, serving, options)
