@@ -1,15 +1,21 @@
-"""Admin HTTP (127.0.0.1:8001 by default): health, the runtime planner prompt format, model reload; OpenAPI docs."""
+"""Admin HTTP (127.0.0.1:8001 by default): health, the runtime planner prompt format, model reload; OpenAPI docs.
+
+Every route (docs included) needs the API key when one is configured, and bodies are capped
+(:mod:`openpi_bridge.admin_guard`).
+"""
 
 from __future__ import annotations
 
-import hmac
+from typing import Any
 
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from openpi_bridge.admin_guard import AdminGuard
 from openpi_bridge.model_reload import POLL_MODE_HINT, ReloadError, reload_model
 from openpi_bridge.slots import RuntimeConfig
 from openpi_bridge.triton_gateway import TritonGateway
+from openpi_triton.prompt_format import validate_prompt_format
 
 
 class RuntimeConfigView(BaseModel):
@@ -26,9 +32,7 @@ class RuntimeConfigUpdate(BaseModel):
     def _valid_format(cls, value: object) -> object:
         if value is None:
             raise ValueError("must be a string containing {task}, not null")
-        if isinstance(value, str) and "{task}" not in value:
-            raise ValueError("must contain {task}")
-        return value
+        return validate_prompt_format(value)
 
 
 class ServerReloadView(BaseModel):
@@ -42,10 +46,13 @@ class ReloadView(BaseModel):
 
 
 def create_admin_app(
-    runtime: RuntimeConfig | None, gateway: TritonGateway | None = None, api_key: str | None = None
-) -> FastAPI:
-    """``runtime`` is None without a planner slot (no /config); ``gateway`` enables the model reload, which
-    needs ``Authorization: Api-Key <api_key>`` when the bridge has an API key (as robots' WebSockets do)."""
+    runtime: RuntimeConfig | None,
+    gateway: TritonGateway | None = None,
+    api_key: str | None = None,
+    max_body_bytes: int = 64 * 1024,
+) -> Any:
+    """``runtime`` is None without a planner slot (no /config); ``gateway`` enables the model reload. Every
+    route needs ``Authorization: Api-Key <api_key>`` when the bridge has an API key (as robots' WebSockets do)."""
     app = FastAPI(title="openpi-triton bridge admin", version="1")
 
     def runtime_config() -> RuntimeConfig:
@@ -78,16 +85,12 @@ def create_admin_app(
             502: {"description": "Triton could not load the model (its message is in 'detail')"},
         },
     )
-    async def reload(name: str, authorization: str | None = Header(default=None)) -> ReloadView:
+    async def reload(name: str) -> ReloadView:
         """Loads model ``name`` again on every Triton server, one after the other (Triton explicit mode).
 
         Triton reads the model's config.pbtxt and files anew, loads and warms the new copy beside the old
         one and switches when it is ready: requests in flight finish on the old copy, none fail. Answers
         when every server has switched (minutes for a real checkpoint)."""
-        if api_key is not None and not hmac.compare_digest(
-            (authorization or "").encode(), f"Api-Key {api_key}".encode()
-        ):
-            raise HTTPException(401, "missing or wrong 'Authorization: Api-Key'")
         if gateway is None:
             raise HTTPException(503, "model reload is not available: the admin API has no Triton connection")
         try:
@@ -100,4 +103,4 @@ def create_admin_app(
             raise HTTPException(502, f"{exc}{already}") from None
         return ReloadView(model=name, servers=[ServerReloadView(url=s.url, seconds=s.seconds) for s in done])
 
-    return app
+    return AdminGuard(app, api_key=api_key, max_body_bytes=max_body_bytes)

@@ -59,7 +59,9 @@ def build_slots(config: BridgeConfig, gateway: TritonGateway) -> tuple[dict[str,
 
 
 async def start_bridge(config: BridgeConfig) -> RunningBridge:
-    gateway = TritonGateway(config.triton_urls, config.triton.request_timeout_s, config.triton.shared_memory)
+    gateway = TritonGateway(
+        config.triton_urls, config.triton.request_timeout_s, config.triton.shared_memory, config.limits.inputs
+    )
     slots, runtime = build_slots(config, gateway)
     bridge = RunningBridge(config, gateway, slots, runtime)
     transports = {"action": config.action_transport, "planner": config.planner_transport}
@@ -71,11 +73,19 @@ async def start_bridge(config: BridgeConfig) -> RunningBridge:
                 api_key=config.api_key,
                 max_message_bytes=config.max_message_bytes,
                 max_connections=config.max_connections,
+                max_connections_per_address=config.limits.max_connections_per_address,
+                idle_timeout_s=config.limits.idle_timeout_s,
+                frame_limits=config.limits.frame,
             )
             server = await ws.start(config.host, transport.websocket_port)
             bridge.servers.append(server)
             bridge.websocket_ports[name] = next(iter(server.sockets)).getsockname()[1]
-            local = LocalSocketEndpoint(slot, max_message_bytes=config.max_message_bytes)
+            local = LocalSocketEndpoint(
+                slot,
+                max_message_bytes=config.max_message_bytes,
+                max_connections=config.max_connections,
+                frame_limits=config.limits.frame,
+            )
             bridge.servers.append(await local.start(transport.unix_socket_path))
             logger.warning(
                 "%s slot -> Triton model '%s': WebSocket ws://%s:%d, sidecar socket %s",
@@ -87,7 +97,7 @@ async def start_bridge(config: BridgeConfig) -> RunningBridge:
             )
         if config.admin.enabled:
             admin_config = uvicorn.Config(
-                create_admin_app(runtime, gateway, config.api_key),
+                create_admin_app(runtime, gateway, config.api_key, config.admin.max_body_bytes),
                 host=config.admin.host,
                 port=config.admin.port,
                 log_level="warning",

@@ -14,7 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-DEFAULT_GENERATION_PROMPT_FORMAT = "Task: {task}. Subtask: "
+from openpi_triton import limits as default_limits
+from openpi_triton.limits import FrameLimits, InputLimits
+from openpi_triton.prompt_format import DEFAULT_GENERATION_PROMPT_FORMAT, validate_prompt_format
 
 
 class _Strict(BaseModel):
@@ -47,10 +49,8 @@ class PlannerSlot(_Strict):
 
     @field_validator("generation_prompt_format")
     @classmethod
-    def _has_task(cls, value: str) -> str:
-        if "{task}" not in value:
-            raise ValueError("must contain {task}")
-        return value
+    def _safe_format(cls, value: str) -> str:
+        return validate_prompt_format(value)
 
 
 class TritonConfig(_Strict):
@@ -68,6 +68,30 @@ class AdminConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8001, ge=0, le=65535)
     enabled: bool = True
+    # Request bodies above this are refused (413) before they are read: the admin API shares the robots' loop.
+    max_body_bytes: int = Field(default=64 * 1024, gt=0)
+
+
+class LimitsConfig(_Strict):
+    """What one robot or connection may cost; each limit's error names it (README "Operations")."""
+
+    max_image_pixels: int = Field(default=default_limits.DEFAULT_MAX_IMAGE_PIXELS, gt=0)
+    max_prompt_bytes: int = Field(default=default_limits.DEFAULT_MAX_PROMPT_BYTES, gt=0)
+    max_frame_values: int = Field(default=default_limits.DEFAULT_MAX_FRAME_VALUES, gt=0)
+    max_frame_depth: int = Field(default=default_limits.DEFAULT_MAX_FRAME_DEPTH, gt=0)
+    max_scalar_json_bytes: int = Field(default=default_limits.DEFAULT_MAX_SCALAR_JSON_BYTES, gt=0)
+    # Robots behind one NAT share an address: room for a fleet, not for one client to take every slot.
+    max_connections_per_address: int = Field(default=64, gt=0)
+    # Seconds a WebSocket may wait between requests; None keeps idle robots (between episodes) connected.
+    idle_timeout_s: float | None = Field(default=None, gt=0)
+
+    @property
+    def frame(self) -> FrameLimits:
+        return FrameLimits(self.max_frame_values, self.max_frame_depth, self.max_scalar_json_bytes)
+
+    @property
+    def inputs(self) -> InputLimits:
+        return InputLimits(self.max_image_pixels, self.max_prompt_bytes)
 
 
 class BridgeConfig(BaseSettings):
@@ -83,6 +107,7 @@ class BridgeConfig(BaseSettings):
     api_key: str | None = None
     max_message_bytes: int = Field(default=64 * 2**20, gt=0)
     max_connections: int = Field(default=256, gt=0)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @model_validator(mode="after")
     def _one_slot(self) -> BridgeConfig:

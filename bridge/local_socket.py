@@ -3,7 +3,9 @@
 Requests ``0x01`` METADATA, ``0x02`` INFER (LocalFrame body), ``0x03`` RESET are answered with ``0x11``
 (msgpack metadata), ``0x12`` (LocalFrame body) or ``0x13`` (UTF-8 error text, the connection stays
 usable), ``0x14``. A declared length above ``max_message_bytes`` or an unknown type is answered with
-``0x13`` and the connection is closed (its framing can no longer be trusted).
+``0x13`` and the connection is closed (its framing can no longer be trusted). Connections beyond
+``max_connections`` get ``0x13`` and are closed at once; bodies are decoded within the frame limits on the
+bridge's CPU threads.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import pathlib
 import stat
 import struct
 
+from openpi_bridge import offload
+from openpi_bridge.errors import robot_message
 from openpi_bridge.slots import Slot
+from openpi_triton.limits import DEFAULT_FRAME_LIMITS, FrameLimits
 from openpi_triton.protocols import local_frame, msgpack_numpy
 from openpi_triton.protocols.local_frame import MessageType
 
@@ -24,9 +29,19 @@ logger = logging.getLogger("openpi_bridge")
 
 
 class LocalSocketEndpoint:
-    def __init__(self, slot: Slot, *, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        slot: Slot,
+        *,
+        max_message_bytes: int,
+        max_connections: int = 256,
+        frame_limits: FrameLimits = DEFAULT_FRAME_LIMITS,
+    ) -> None:
         self.slot = slot
         self.max_message_bytes = max_message_bytes
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self.frame_limits = frame_limits
 
     async def start(self, path: str) -> asyncio.AbstractServer:
         socket_path = pathlib.Path(path)
@@ -40,6 +55,23 @@ class LocalSocketEndpoint:
         return server
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open_connections >= self.max_connections:
+            logger.info(
+                "%s slot: refused a sidecar connection (max_connections=%d)", self.slot.name, self.max_connections
+            )
+            with contextlib.suppress(Exception):
+                await self._send(
+                    writer, MessageType.ERROR, f"too many connections (max_connections={self.max_connections})".encode()
+                )
+            writer.close()
+            return
+        self.open_connections += 1
+        try:
+            await self._serve_messages(reader, writer)
+        finally:
+            self.open_connections -= 1
+
+    async def _serve_messages(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 try:
@@ -79,11 +111,11 @@ class LocalSocketEndpoint:
             return True
         if kind == MessageType.INFER:
             try:
-                _, obs = local_frame.unpack(body)
+                _, obs = await offload.run(local_frame.unpack, body, self.frame_limits)
                 response = await self.slot.infer(obs)
                 await self._send(writer, MessageType.INFER_RESPONSE, local_frame.pack(response))
             except Exception as exc:
-                await self._send(writer, MessageType.ERROR, f"{type(exc).__name__}: {exc}".encode())
+                await self._send(writer, MessageType.ERROR, robot_message(exc, self.slot.name).encode())
             return True
         await self._send(writer, MessageType.ERROR, f"unknown message type 0x{kind:02x}".encode())
         return False

@@ -4,6 +4,8 @@ An ALOHA observation carries ~600 KB of images; serialising them into gRPC and p
 Triton costs milliseconds. With Triton on the same host, the bridge copies the images into a POSIX
 shared-memory region registered with Triton once, and the request only names region, offset and size.
 Regions live in a pool: one per request in flight, reused afterwards, unregistered and unlinked on close.
+The pool is bounded: at most ``MAX_FREE_REGIONS`` idle regions are kept (a burst's extra regions are given
+back when their requests finish), and images above ``MAX_REGION_BYTES`` go in the gRPC payload instead.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ import numpy as np
 logger = logging.getLogger("openpi_bridge")
 
 _MIN_REGION_BYTES = 1 << 20
+# Four 224 x 224 cameras take 0.6 MB; 32 MiB covers four cameras at the pixel limit.
+MAX_REGION_BYTES = 32 << 20
+# Idle regions kept per Triton server: enough for the requests one server has in flight at a time.
+MAX_FREE_REGIONS = 8
 _names = itertools.count()
 
 
@@ -61,21 +67,32 @@ class SharedMemoryPool:
         logger.info("registered shared-memory region %s (%d bytes) with Triton", name, byte_size)
         return region
 
-    def release(self, region: Region) -> None:
-        if region in self.regions:  # not dropped by reset() while it was in use
+    def fits(self, size: int) -> bool:
+        return size <= MAX_REGION_BYTES
+
+    async def release(self, region: Region) -> None:
+        if region not in self.regions:  # dropped by reset() while it was in use
+            return
+        if len(self.free) < MAX_FREE_REGIONS:
             self.free.append(region)
+            return
+        self.regions.remove(region)
+        await self._drop(region)
+
+    async def _drop(self, region: Region) -> None:
+        try:
+            await self.client.unregister_system_shared_memory(region.name)
+        except Exception as exc:  # Triton may already be gone
+            logger.info("could not unregister %s: %s", region.name, exc)
+        region.memory.close()
+        region.memory.unlink()
 
     async def reset(self) -> None:
         """Drops every region (Triton no longer knows them); new ones are registered on demand."""
         await self.close()
 
     async def close(self) -> None:
-        for region in self.regions:
-            try:
-                await self.client.unregister_system_shared_memory(region.name)
-            except Exception as exc:  # Triton may already be gone
-                logger.info("could not unregister %s: %s", region.name, exc)
-            region.memory.close()
-            region.memory.unlink()
-        self.regions.clear()
+        regions, self.regions = self.regions, []
+        for region in regions:
+            await self._drop(region)
         self.free.clear()

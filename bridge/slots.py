@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from openpi_bridge.errors import ServingError
 from openpi_bridge.triton_gateway import TritonCallError, TritonGateway
 from openpi_triton.triton import io_spec
 
@@ -36,7 +37,20 @@ def _text(array: np.ndarray) -> str:
 
 
 def _subtask(outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    return {"text": _text(outputs[io_spec.SUBTASK]), "ms": float(outputs[io_spec.SUBTASK_MS].reshape(-1)[0])}
+    return {"text": _text(outputs[io_spec.SUBTASK]), "ms": _finite_ms(outputs[io_spec.SUBTASK_MS])}
+
+
+def _finite_ms(array: np.ndarray) -> float:
+    value = float(array.reshape(-1)[0])
+    return value if np.isfinite(value) else 0.0
+
+
+def _actions(outputs: Mapping[str, np.ndarray], model: str) -> np.ndarray:
+    """The chunk as openpi returns it (float64); non-finite values never reach a robot's controller."""
+    actions = outputs[io_spec.ACTIONS][0].astype(np.float64)
+    if not np.all(np.isfinite(actions)):
+        raise ServingError(f"model '{model}' returned non-finite actions; they were not sent to the robot")
+    return actions
 
 
 class Slot:
@@ -75,8 +89,8 @@ class ActionSlot(Slot):
         outputs = await self.gateway.infer(self.model, obs, extra)
         response: dict[str, Any] = {}
         if io_spec.ACTIONS in outputs:
-            response["actions"] = outputs[io_spec.ACTIONS][0].astype(np.float64)
-            response["policy_timing"] = {"infer_ms": float(outputs[io_spec.POLICY_INFER_MS].reshape(-1)[0])}
+            response["actions"] = _actions(outputs, self.model)
+            response["policy_timing"] = {"infer_ms": _finite_ms(outputs[io_spec.POLICY_INFER_MS])}
         if io_spec.SUBTASK in outputs:
             response["subtask"] = _subtask(outputs)
         return response

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -13,8 +14,10 @@ import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
+from openpi_bridge import offload
 from openpi_bridge.shared_memory import Region, SharedMemoryPool
 from openpi_triton import tensor_names
+from openpi_triton.limits import DEFAULT_INPUT_LIMITS, InputLimits
 from openpi_triton.metadata import robot_metadata
 from openpi_triton.native import image as image_ops
 
@@ -29,10 +32,15 @@ class ObservationError(ValueError):
     """The robot sent something the served model cannot take; the message says what."""
 
 
+# Names of the bridge's shared-memory regions are internal: a robot has no use for them.
+_REGION_NAME = re.compile(r"openpi_bridge_\d+_\d+")
+
+
 class TritonCallError(RuntimeError):
     """Triton answered with an error (or could not be reached)."""
 
     def __init__(self, model: str, status: str, message: str) -> None:
+        message = _REGION_NAME.sub("<shared memory>", message)
         super().__init__(f"{model}: {status}: {message}" if status else f"{model}: {message}")
         self.status = status
         self.invalid_argument = "INVALID_ARG" in status
@@ -77,8 +85,36 @@ def interface_from_config(name: str, config: Mapping[str, Any]) -> ModelInterfac
     return ModelInterface(name, inputs, outputs, robot_metadata(config), time.monotonic())
 
 
-def _to_uint8_image(value: Any, name: str) -> np.ndarray:
-    array = np.asarray(value)
+def robot_name(tensor: str) -> str:
+    """A tensor name in the robot's terms: its observation key path (``images/cam_high``)."""
+    return "/".join(tensor_names.key_path(tensor))
+
+
+def _shape_text(dims: Sequence[int]) -> str:
+    """Declared dims for a robot: ``-1`` (any size) reads as a letter, as robot engineers write shapes."""
+    letters = iter("HWCDEFG") if len(dims) == 3 else iter("NMKLPQR")
+    return "[" + ", ".join(str(d) if d >= 0 else next(letters) for d in dims) + "]"
+
+
+def check_shape(spec: InputSpec, array: np.ndarray) -> None:
+    """The robot's value against the model's declared dims (without Triton's batch dimension)."""
+    dims = spec.dims
+    if len(dims) != array.ndim or any(d >= 0 and d != n for d, n in zip(dims, array.shape, strict=False)):
+        what = "image" if spec.datatype == "UINT8" else "value"
+        raise ObservationError(
+            f"'{robot_name(spec.name)}': expected {what} of shape {_shape_text(dims)}, got {list(array.shape)}"
+        )
+
+
+def _to_uint8_image(value: Any, name: str, limits: InputLimits) -> np.ndarray:
+    try:
+        array = np.asarray(value)  # lists are bounded by the frame's value limit; arrays are not copied
+    except ValueError:
+        raise ObservationError(f"image '{name}': expected a uint8 array, got a ragged sequence") from None
+    try:
+        limits.check_image(name, array.shape)  # before any conversion: its cost grows with the pixels
+    except ValueError as exc:
+        raise ObservationError(str(exc)) from None
     if array.dtype == np.uint8:
         return array
     if np.issubdtype(array.dtype, np.floating):
@@ -90,41 +126,63 @@ def _to_uint8_image(value: Any, name: str) -> np.ndarray:
     raise ObservationError(f"image '{name}': expected uint8 (or float in [0, 1]), got {array.dtype}")
 
 
-def _to_tensor(spec: InputSpec, value: Any) -> np.ndarray:
-    """One robot value -> the model's wire type, batch dimension added."""
-    if spec.datatype == "BYTES":
-        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "US":
-            value = value.item()
-        if isinstance(value, str):
-            value = value.encode("utf-8")
-        if not isinstance(value, bytes):
-            raise ObservationError(f"'{spec.name}': expected a string, got {type(value).__name__}")
-        return np.array([[value]], dtype=np.object_)
-    if spec.datatype == "UINT8":
-        return _to_uint8_image(value, spec.name)[None]
+def _to_text(spec: InputSpec, value: Any, limits: InputLimits) -> np.ndarray:
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "US":
+        value = value.item()
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if not isinstance(value, bytes):
+        raise ObservationError(f"'{robot_name(spec.name)}': expected a string, got {type(value).__name__}")
+    try:
+        limits.check_text(robot_name(spec.name), value)
+    except ValueError as exc:
+        raise ObservationError(str(exc)) from None
+    return np.array([[value]], dtype=np.object_)
+
+
+def _to_numbers(spec: InputSpec, value: Any) -> np.ndarray:
+    name, expected = robot_name(spec.name), f"numbers of shape {_shape_text(spec.dims)}"
     dtype = TRITON_DTYPES.get(spec.datatype)
     if dtype is None:
-        raise ObservationError(f"'{spec.name}': the model expects {spec.datatype}, which the bridge cannot send")
+        raise ObservationError(f"'{name}': the model expects {spec.datatype}, which the bridge cannot send")
     try:
         array = np.asarray(value)
     except ValueError:
-        raise ObservationError(
-            f"'{spec.name}': expected {spec.datatype} {list(spec.dims)}, got a ragged sequence"
-        ) from None
+        raise ObservationError(f"'{name}': expected {expected}, got a ragged sequence") from None
     if array.dtype.kind not in "biuf":
-        raise ObservationError(
-            f"'{spec.name}': expected numbers ({spec.datatype} {list(spec.dims)}), got {array.dtype}"
-        )
+        raise ObservationError(f"'{name}': expected {expected}, got {array.dtype}")
     if array.ndim == 0 and spec.dims == (1,):
         array = array.reshape(1)  # scalars such as DROID's gripper_position
-    return np.ascontiguousarray(array.astype(dtype, copy=False))[None]
+    check_shape(spec, array)
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = np.ascontiguousarray(array.astype(dtype, copy=False))
+    if converted.dtype.kind == "f" and not np.all(np.isfinite(converted)):
+        # Checked after the cast: 1e308 is finite in float64 but inf in the model's float32.
+        bad = array.reshape(-1)[~np.isfinite(converted.reshape(-1))][0]
+        raise ObservationError(f"'{name}': values must be finite in {np.dtype(dtype).name}, got {bad!r}")
+    return converted[None]
+
+
+def _to_tensor(spec: InputSpec, value: Any, limits: InputLimits) -> np.ndarray:
+    """One robot value -> the model's wire type, batch dimension added; shape and limits checked first."""
+    if spec.datatype == "BYTES":
+        return _to_text(spec, value, limits)
+    if spec.datatype == "UINT8":
+        image = _to_uint8_image(value, robot_name(spec.name), limits)
+        check_shape(spec, image)
+        return image[None]
+    return _to_numbers(spec, value)
 
 
 def build_inputs(
-    interface: ModelInterface, obs: Mapping[str, Any], extra: Mapping[str, Any]
+    interface: ModelInterface,
+    obs: Mapping[str, Any],
+    extra: Mapping[str, Any],
+    limits: InputLimits = DEFAULT_INPUT_LIMITS,
 ) -> list[tuple[InputSpec, np.ndarray]]:
     """Robot observation (+ bridge-supplied tensors) -> (input, batch-1 array) pairs; unknown keys next to
-    inputs are errors, other unknown keys are ignored as openpi ignores them."""
+    inputs are errors, other unknown keys are ignored as openpi ignores them. CPU work proportional to the
+    observation: the bridge runs it off its event loop."""
     if not isinstance(obs, Mapping):
         raise ObservationError(f"observation: expected a dict, got {type(obs).__name__}")
     try:
@@ -141,7 +199,10 @@ def build_inputs(
                 known = sorted(n for n in interface.inputs if tensor_names.key_path(n)[:-1] == path[:-1])
                 raise ObservationError(f"unknown input '{'/'.join(path)}'; the served model takes {known}")
             continue  # keys the model does not use (openpi ignores them too)
-        arrays.append((spec, _to_tensor(spec, value)))
+        arrays.append((spec, _to_tensor(spec, value, limits)))
+    missing = sorted(robot_name(n) for n, s in interface.inputs.items() if not s.optional and n not in flat)
+    if missing:
+        raise ObservationError(f"observation is missing {missing}; the served model '{interface.name}' needs them")
     return arrays
 
 
@@ -186,8 +247,15 @@ class TritonGateway:
     (e.g. a container without the host's /dev/shm); ``on`` makes that an error; ``off`` never uses it.
     """
 
-    def __init__(self, urls: str | Sequence[str], request_timeout_s: float, shared_memory: str = "auto") -> None:
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        request_timeout_s: float,
+        shared_memory: str = "auto",
+        input_limits: InputLimits = DEFAULT_INPUT_LIMITS,
+    ) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
+        self.input_limits = input_limits
         if not self.urls:
             raise ValueError("at least one Triton URL is needed")
         self.timeout = request_timeout_s
@@ -250,10 +318,11 @@ class TritonGateway:
         return min(candidates, key=lambda e: (e.outstanding, (self.endpoints.index(e) - self._turn) % n))
 
     async def _region_for(self, endpoint: Endpoint, images: list[np.ndarray]) -> Region | None:
-        if not endpoint.use_shared_memory or not images:
+        size = sum(a.nbytes for a in images)
+        if not endpoint.use_shared_memory or not images or not endpoint.pool.fits(size):
             return None
         try:
-            return await endpoint.pool.acquire(sum(a.nbytes for a in images))
+            return await endpoint.pool.acquire(size)
         except Exception as exc:
             if self.shared_memory_mode == "on":
                 raise TritonCallError("shared memory", "", f"cannot register a region with Triton: {exc}") from None
@@ -322,7 +391,7 @@ class TritonGateway:
         self._ensure_monitor()
         self._models.add(model)
         interface = await self.describe(model)
-        arrays = build_inputs(interface, obs, extra)
+        arrays = await offload.run(build_inputs, interface, obs, extra, self.input_limits)
         tried: list[Endpoint] = []
         while True:
             endpoint = self._pick(exclude=tried)
@@ -365,5 +434,5 @@ class TritonGateway:
                 raise error from None
             finally:
                 if region is not None:
-                    endpoint.pool.release(region)
+                    await endpoint.pool.release(region)
         raise AssertionError("unreachable")

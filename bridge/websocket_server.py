@@ -5,11 +5,16 @@ in, one out, with ``server_timing`` (``infer_ms``; ``prev_total_ms`` from the se
 is a text frame with the message followed by close code 1011. ``GET /healthz`` answers ``200 OK\\n`` when
 Triton and the slot's model are ready, else 503. No compression; frames above ``max_message_bytes`` are
 refused (close 1009). With an API key configured, the upgrade needs ``Authorization: Api-Key <key>``.
+
+Isolation: frames are decoded within the frame limits on the bridge's CPU threads (see
+:mod:`openpi_bridge.offload`), connections are limited in total and per client address (HTTP 503 at the
+upgrade), and an optional idle timeout closes connections that send nothing for that long.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import http
 import logging
@@ -20,7 +25,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from openpi_bridge import offload
+from openpi_bridge.errors import RobotError, robot_message
 from openpi_bridge.slots import Slot
+from openpi_triton.limits import DEFAULT_FRAME_LIMITS, FrameLimits
 from openpi_triton.protocols import msgpack_numpy
 
 logger = logging.getLogger("openpi_bridge")
@@ -28,13 +36,43 @@ logger = logging.getLogger("openpi_bridge")
 ERROR_CLOSE_REASON = "Internal server error. Traceback included in previous frame."
 
 
+IDLE_CLOSE_CODE = 1000
+
+
 class WebSocketEndpoint:
-    def __init__(self, slot: Slot, *, api_key: str | None, max_message_bytes: int, max_connections: int) -> None:
+    def __init__(
+        self,
+        slot: Slot,
+        *,
+        api_key: str | None,
+        max_message_bytes: int,
+        max_connections: int,
+        max_connections_per_address: int = 64,
+        idle_timeout_s: float | None = None,
+        frame_limits: FrameLimits = DEFAULT_FRAME_LIMITS,
+    ) -> None:
         self.slot = slot
         self.api_key = api_key
         self.max_message_bytes = max_message_bytes
         self.connections = asyncio.Semaphore(max_connections)
         self.max_connections = max_connections
+        self.max_per_address = max_connections_per_address
+        self.per_address: collections.Counter[str] = collections.Counter()
+        self.idle_timeout_s = idle_timeout_s
+        self.frame_limits = frame_limits
+
+    @staticmethod
+    def _address(connection: ServerConnection) -> str:
+        remote = connection.remote_address
+        return str(remote[0]) if remote else "unknown"
+
+    def _refusal(self, connection: ServerConnection) -> str | None:
+        if self.connections.locked():
+            return f"too many connections (max_connections={self.max_connections})\n"
+        address = self._address(connection)
+        if self.per_address[address] >= self.max_per_address:
+            return f"too many connections from {address} (max_connections_per_address={self.max_per_address})\n"
+        return None
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path == "/healthz":
@@ -45,13 +83,37 @@ class WebSocketEndpoint:
             sent = request.headers.get("Authorization", "")
             if not hmac.compare_digest(sent.encode(), f"Api-Key {self.api_key}".encode()):
                 return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong 'Authorization: Api-Key'\n")
-        if self.connections.locked():
-            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
+        refusal = self._refusal(connection)
+        if refusal is not None:
+            logger.info("%s slot: refused a WebSocket upgrade: %s", self.slot.name, refusal.strip())
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, refusal)
         return None
 
     async def handle(self, ws: ServerConnection) -> None:
-        async with self.connections:
-            await self._serve(ws)
+        refusal = self._refusal(ws)  # upgrades that were checked at the same time may exceed a limit together
+        if refusal is not None:
+            await ws.close(1013, refusal.strip()[:120])
+            return
+        address = self._address(ws)
+        self.per_address[address] += 1
+        try:
+            async with self.connections:
+                await self._serve(ws)
+        finally:
+            self.per_address[address] -= 1
+            if self.per_address[address] <= 0:
+                del self.per_address[address]
+
+    async def _next_frame(self, ws: ServerConnection) -> str | bytes | None:
+        """The robot's next frame; None when it hung up or stayed idle past the idle timeout (then closed)."""
+        try:
+            return await asyncio.wait_for(ws.recv(), timeout=self.idle_timeout_s)
+        except ConnectionClosed:
+            return None
+        except TimeoutError:
+            logger.info("%s slot: closing a connection idle for %s s", self.slot.name, self.idle_timeout_s)
+            await ws.close(IDLE_CLOSE_CODE, f"idle for {self.idle_timeout_s:g} s (idle_timeout_s)")
+            return None
 
     async def _serve(self, ws: ServerConnection) -> None:
         try:
@@ -63,17 +125,17 @@ class WebSocketEndpoint:
             return
         prev_total_ms: float | None = None
         while True:
-            start = time.perf_counter()
-            try:
-                message = await ws.recv()
-            except ConnectionClosed:
+            start = time.perf_counter()  # as openpi's server: prev_total_ms includes waiting for the frame
+            message = await self._next_frame(ws)
+            if message is None:
                 return
             try:
                 if isinstance(message, str):
-                    raise ValueError("expected a binary msgpack-numpy frame, got a text frame")
-                obs = msgpack_numpy.unpackb(message)
+                    raise RobotError("expected a binary msgpack-numpy frame, got a text frame")
+                obs = await offload.run(msgpack_numpy.unpackb, message, self.frame_limits)
+                del message  # the frame's bytes are not needed while the model runs
                 if not isinstance(obs, dict):
-                    raise ValueError(f"expected a msgpack map (the observation dict), got {type(obs).__name__}")
+                    raise RobotError(f"expected a msgpack map (the observation dict), got {type(obs).__name__}")
                 infer_start = time.perf_counter()
                 response = await self.slot.infer(obs)
                 timing: dict[str, Any] = {"infer_ms": (time.perf_counter() - infer_start) * 1000.0}
@@ -84,7 +146,7 @@ class WebSocketEndpoint:
             except ConnectionClosed:
                 return
             except Exception as exc:
-                await self._fail(ws, f"{type(exc).__name__}: {exc}")
+                await self._fail(ws, robot_message(exc, self.slot.name))
                 return
             prev_total_ms = (time.perf_counter() - start) * 1000.0
 

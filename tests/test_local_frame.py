@@ -90,6 +90,28 @@ def test_pack_unpack_round_trip(payload: dict) -> None:
             assert decoded[key] == value
 
 
+def _frame(arrays: int, scalar_json: bytes) -> bytes:
+    """A LocalFrame body with ``arrays`` empty uint8 arrays named a0, a1, ... and the given scalar JSON."""
+    out = [b"\x07unknown", struct.pack(">H", arrays)]
+    for index in range(arrays):
+        name = f"a{index}".encode()
+        out.append(bytes([1, len(name)]) + name + b"\x01\x01" + struct.pack(">I", 0) + struct.pack(">Q", 0))
+    return b"".join([*out, struct.pack(">I", len(scalar_json)), scalar_json])
+
+
+def test_amplifying_frames_are_refused() -> None:
+    with pytest.raises(FrameError, match=r"over the limit of 65536 bytes \(max_scalar_json_bytes\)"):
+        local_frame.unpack(_frame(0, b'{"x":[' + b"[]," * 40_000 + b"[]]}"))
+    with pytest.raises(FrameError, match="more than 32 deep"):
+        local_frame.unpack(_frame(0, b'{"x":' + b"[" * 40 + b"]" * 40 + b"}"))
+    with pytest.raises(FrameError, match="more than 32 deep"):
+        local_frame.unpack(_frame(0, b'{"x":' + b"[" * 5000 + b"]" * 5000 + b"}"))  # json's own recursion limit
+    with pytest.raises(FrameError, match=r"9000 arrays, more than 8192 \(max_frame_values\)"):
+        local_frame.unpack(_frame(9000, b"{}"))
+    _, ok = local_frame.unpack(_frame(3, b'{"prompt":"hi"}'))
+    assert sorted(ok) == ["a0", "a1", "a2", "prompt"]
+
+
 @given(st.binary(max_size=200))
 @settings(max_examples=300, deadline=None)
 def test_random_bytes_never_crash_the_decoder(data: bytes) -> None:

@@ -27,10 +27,10 @@ import numpy as np
 from openpi_triton.native import batching, checkpoint, gemma, pi0, tokenizer
 from openpi_triton.native.embodiments.base import parse_prompt
 from openpi_triton.native.variants import ModelSpec, infer_spec
+from openpi_triton.prompt_format import DEFAULT_GENERATION_PROMPT_FORMAT, validate_prompt_format
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_GENERATION_PROMPT_FORMAT = "Task: {task}. Subtask: "
 PLANNER_MAX_LEN = 200
 MASKED_LOGIT = -1e9
 
@@ -44,21 +44,6 @@ CAMERA_NAME_MAPPINGS: dict[str, dict[str, str]] = {
         "right_wrist_camera": "right_wrist_0_rgb",
     },
 }
-
-
-def validate_prompt_format(prompt_format: Any, field: str = "generation_prompt_format") -> str:
-    """A format string with a ``{task}`` placeholder and no other fields."""
-    if not isinstance(prompt_format, str):
-        raise ValueError(f"'{field}': expected a string containing '{{task}}', got {type(prompt_format).__name__}")
-    if "{task}" not in prompt_format:
-        raise ValueError(f"'{field}': must contain '{{task}}', got {prompt_format!r}")
-    try:
-        prompt_format.format(task="x")
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(
-            f"'{field}': invalid format string {prompt_format!r} ({exc}); only {{task}} is allowed"
-        ) from None
-    return prompt_format
 
 
 def clean_task(task: str) -> str:

@@ -153,12 +153,19 @@ class NativePolicy:
         masks = np.asarray([frame.image_masks[k] for k in pi0.IMAGE_KEYS], dtype=bool)
         padded = np.zeros(self.config.action_dim, dtype=normalized.dtype)
         padded[: normalized.shape[-1]] = normalized
+        with np.errstate(over="ignore"):
+            model_state = padded.astype(np.float32)
+        if not np.all(np.isfinite(model_state)):
+            raise ValueError(
+                "'state': values too large for this checkpoint's normalisation (they overflow float32 once "
+                f"normalised); got max |state| = {float(np.max(np.abs(frame.state)))!r}"
+            )
         return PreparedObservation(
             frame=frame,
             normalized_state=normalized,
             images=images,
             image_masks=masks,
-            state=padded.astype(np.float32),
+            state=model_state,
             tokens=tokens,
             token_mask=token_mask,
             noise=self.check_noise(noise),

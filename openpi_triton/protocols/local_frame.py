@@ -11,7 +11,10 @@ Body layout (all integers big-endian)::
 
 Socket envelope: ``[length u32][type u8][body]`` where length counts the type byte and the body.
 Decoding validates everything a peer could get wrong (truncation, UTF-8, known dtype, data length equal
-to shape x item size, no trailing bytes) and raises :class:`FrameError` with the reason.
+to shape x item size, no trailing bytes) and raises :class:`FrameError` with the reason. What a frame may
+build is bounded by :class:`~openpi_triton.limits.FrameLimits`: the array count by ``max_values``, the scalar
+JSON by ``max_scalar_json_bytes`` and ``max_depth`` (JSON is the one part that amplifies: ``[]`` is two bytes
+but a 56-byte list).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from openpi_triton.limits import DEFAULT_FRAME_LIMITS, FrameLimits
 
 
 class FrameError(ValueError):
@@ -146,12 +151,37 @@ def _merge(tree: dict[str, Any], scalars: Mapping[str, Any], prefix: str = "") -
             tree[key] = value
 
 
-def unpack(body: bytes | memoryview) -> tuple[str, dict[str, Any]]:
+def _check_depth(value: Any, max_depth: int) -> None:
+    todo = [(value, 1)]
+    while todo:
+        node, depth = todo.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        if children and depth >= max_depth:
+            raise FrameError(f"LocalFrame scalar JSON nests more than {max_depth} deep (max_frame_depth)")
+        todo.extend((child, depth + 1) for child in children)
+
+
+def _scalars(text: str, limits: FrameLimits) -> dict[str, Any]:
+    try:
+        scalars = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise FrameError(f"LocalFrame scalar JSON is invalid: {exc}") from None
+    except RecursionError:
+        raise FrameError(f"LocalFrame scalar JSON nests more than {limits.max_depth} deep (max_frame_depth)") from None
+    if not isinstance(scalars, dict):
+        raise FrameError("LocalFrame scalar JSON must be an object")
+    _check_depth(scalars, limits.max_depth)
+    return scalars
+
+
+def unpack(body: bytes | memoryview, limits: FrameLimits = DEFAULT_FRAME_LIMITS) -> tuple[str, dict[str, Any]]:
     """LocalFrame body -> (schema_id, nested dict); arrays are read-only views on ``body``."""
     reader = _Reader(body)
     (schema_len,) = reader.unpack(">B", "schema_id length")
     schema_id = reader.text(schema_len, "schema_id")
     (count,) = reader.unpack(">H", "array count")
+    if count > limits.max_values:
+        raise FrameError(f"LocalFrame holds {count} arrays, more than {limits.max_values} (max_frame_values)")
     tree: dict[str, Any] = {}
     for index in range(count):
         (depth,) = reader.unpack(">B", f"array {index} path depth")
@@ -176,16 +206,15 @@ def unpack(body: bytes | memoryview) -> tuple[str, dict[str, Any]]:
         data = reader.take(data_len, f"array '{'/'.join(path)}' data")
         _insert(tree, path, np.frombuffer(data, dtype=dtype).reshape(shape))
     (json_len,) = reader.unpack(">I", "scalar JSON length")
+    if json_len > limits.max_scalar_json_bytes:
+        raise FrameError(
+            f"LocalFrame scalar JSON of {json_len} bytes is over the limit of {limits.max_scalar_json_bytes} "
+            "bytes (max_scalar_json_bytes)"
+        )
     text = reader.text(json_len, "scalar JSON")
     if reader.pos != len(reader.data):
         raise FrameError(f"LocalFrame has {len(reader.data) - reader.pos} trailing bytes")
-    try:
-        scalars = json.loads(text) if text else {}
-    except json.JSONDecodeError as exc:
-        raise FrameError(f"LocalFrame scalar JSON is invalid: {exc}") from None
-    if not isinstance(scalars, dict):
-        raise FrameError("LocalFrame scalar JSON must be an object")
-    _merge(tree, scalars)
+    _merge(tree, _scalars(text, limits))
     return schema_id, tree
 
 

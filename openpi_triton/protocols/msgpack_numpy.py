@@ -2,8 +2,9 @@
 
 An ndarray is a map with bytes keys ``__ndarray__`` (True), ``data`` (C-order bytes), ``dtype``
 (``dtype.str``, e.g. ``'<f4'``) and ``shape``; a numpy scalar is ``__npgeneric__`` / ``data`` / ``dtype``.
-Decoding checks what a robot sent instead of trusting it: the dtype must be a plain numeric, bool or
-string dtype, the byte count must match the shape, and containers may not nest absurdly deep.
+Decoding checks what a robot sent instead of trusting it: the frame's shape is walked first within
+:class:`~openpi_triton.limits.FrameLimits` (value count, nesting depth; see :mod:`.msgpack_scan`), the dtype
+must be a plain numeric, bool or string dtype, and the byte count must match the shape.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from openpi_triton.limits import DEFAULT_FRAME_LIMITS, FrameLimits
+from openpi_triton.protocols import msgpack_scan
+
 _ALLOWED_KINDS = set("biufUS")  # bool, int, uint, float, unicode, bytes: what openpi-client sends
-MAX_DEPTH = 32
 
 
 class DecodeError(ValueError):
@@ -71,8 +74,12 @@ def _object_hook(obj: dict[Any, Any]) -> Any:
     return obj
 
 
-def unpackb(data: bytes) -> Any:
-    """Decodes one frame; any malformation is a :class:`DecodeError`."""
+def unpackb(data: bytes, limits: FrameLimits = DEFAULT_FRAME_LIMITS) -> Any:
+    """Decodes one frame; any malformation, or a frame past ``limits``, is a :class:`DecodeError`."""
+    try:
+        msgpack_scan.scan(data, limits)
+    except msgpack_scan.FrameLimitError as exc:
+        raise DecodeError(str(exc)) from None
     try:
         return msgpack.unpackb(
             data,
@@ -81,8 +88,8 @@ def unpackb(data: bytes) -> Any:
             strict_map_key=True,
             max_bin_len=len(data),
             max_str_len=len(data),
-            max_array_len=len(data),
-            max_map_len=len(data),
+            max_array_len=limits.max_values,
+            max_map_len=limits.max_values,
         )
     except DecodeError:
         raise

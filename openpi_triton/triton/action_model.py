@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from openpi_triton.native.configs import PolicyConfig, get_policy_config
@@ -101,7 +102,7 @@ class ActionModel:
         batches: list[tuple[int, list[Any]]] = []
         for index, request in enumerate(requests):
             try:
-                rows = backend.read_rows(request, self.inputs)
+                rows = backend.read_rows(request, self.inputs, self.params.limits)
                 batches.append((index, [self._prepare(row) for row in rows]))
             except ValueError as exc:
                 responses[index] = backend.invalid(str(exc))
@@ -111,6 +112,7 @@ class ActionModel:
             try:
                 raw = self.policy.sample(flat)
             except Exception as exc:  # the model call itself failed: every request of it gets the error
+                backend.logger.exception("action inference failed for a batch of %d", len(flat))
                 for index, _ in batches:
                     responses[index] = backend.internal(f"action inference failed: {type(exc).__name__}: {exc}")
                 return responses
@@ -123,7 +125,12 @@ class ActionModel:
                 try:
                     actions = [self.policy.finish(item, r) for item, r in zip(items, own_rows, strict=True)]
                 except Exception as exc:  # output transforms of this request alone: the others still answer
+                    backend.logger.exception("action output transforms failed")
                     responses[index] = backend.internal(f"action output transforms failed: {type(exc).__name__}: {exc}")
+                    continue
+                if not all(np.all(np.isfinite(a)) for a in actions):
+                    # Never hand a controller inf/NaN; the robot learns it from the error instead.
+                    responses[index] = backend.internal("the model produced non-finite actions for this observation")
                     continue
                 responses[index] = pb_utils.InferenceResponse(
                     [

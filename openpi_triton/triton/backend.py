@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from openpi_triton.tensor_names import unflatten
+from openpi_triton.limits import InputLimits
+from openpi_triton.tensor_names import key_path, unflatten
 from openpi_triton.triton.io_spec import TensorSpec
 
 logger = logging.getLogger("openpi_triton.triton")
@@ -98,8 +99,25 @@ def decode_strings(array: np.ndarray, name: str) -> list[str]:
     return out
 
 
-def read_rows(request: Any, specs: Sequence[TensorSpec]) -> list[dict[str, Any]]:
+def check_limits(request: Any, specs: Sequence[TensorSpec], limits: InputLimits) -> None:
+    """Image sizes and text lengths against the limits, before any conversion (a direct gRPC client gets the
+    same bounds a robot behind the bridge does)."""
+    for spec in specs:
+        tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
+        if tensor is None:
+            continue
+        name = "/".join(key_path(spec.name))
+        if spec.data_type == "TYPE_UINT8":
+            limits.check_image(name, tuple(int(d) for d in tensor.shape()[1:]))
+        elif spec.data_type == "TYPE_STRING":
+            for item in tensor.as_numpy().reshape(-1):
+                limits.check_text(name, item if isinstance(item, bytes) else str(item))
+
+
+def read_rows(request: Any, specs: Sequence[TensorSpec], limits: InputLimits | None = None) -> list[dict[str, Any]]:
     """One flat ``{tensor name: value}`` dict per batch row; strings decoded, absent optional inputs omitted."""
+    if limits is not None:
+        check_limits(request, specs, limits)
     rows: list[dict[str, Any]] = [{} for _ in range(batch_size_of(request, specs))]
     for spec in specs:
         tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
@@ -156,6 +174,26 @@ class ModelMetrics:
     def observe(self, batch: int, ms: float) -> None:
         self.batch_size.observe(float(batch))
         self.call_ms.observe(float(ms))
+
+
+@dataclasses.dataclass
+class FailureCounter:
+    """A counter on Triton's metrics port for failures Triton itself does not see (e.g. a BLS child's)."""
+
+    counter: Any
+    family: Any  # a Metric is only valid while its MetricFamily lives
+
+    @classmethod
+    def create(cls, model: str, what: str) -> FailureCounter:
+        family = pb_utils.MetricFamily(
+            name=f"openpi_{what}_failures_total",
+            description=f"{what} calls that failed or timed out (the request went on without them)",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        return cls(counter=family.Metric(labels={"model": model}), family=family)
+
+    def increment(self) -> None:
+        self.counter.increment(1.0)
 
 
 def model_parameters(args: dict[str, str]) -> dict[str, str]:

@@ -6,9 +6,11 @@
 - ``action_only``: action with the original inputs. Outputs: actions, policy_infer_ms.
 
 A planner failure never fails the request: the subtask is ``""`` with ``0.0`` ms and the action runs with
-the original prompt (openpi-flash's rule). An unknown mode is ``INVALID_ARG`` (openpi-flash silently
-falls back to default). ``execute`` is a coroutine that sends the child requests of all requests in
-the batch at once, so concurrent robots reach ``action`` together and are batched there.
+the original prompt (openpi-flash's rule). A planner call that takes longer than ``planner_timeout_ms``
+counts as failed; every failure is logged and counted (``openpi_planner_failures_total``). An unknown
+mode is ``INVALID_ARG`` (openpi-flash silently falls back to default). ``execute`` is a coroutine that
+sends the child requests of all requests in the batch at once, so concurrent robots reach ``action``
+together and are batched there.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class CombinedModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         self.params = backend.parse_parameters(CombinedParams.parse, args)
+        self.planner_failures = backend.FailureCounter.create(args["model_name"], "planner")
         config = self.params.config
         self.action_inputs = [s.name for s in io_spec.action_inputs(config)]
         self.planner_inputs = [s.name for s in io_spec.planner_inputs(config)]
@@ -91,7 +94,10 @@ class CombinedModel:
     async def _plan(self, request: Any, rows: int) -> tuple[list[str], list[list[float]], list[str] | None]:
         """(texts, ms, action prompts); a failed planner call gives empty texts, 0 ms and no prompts."""
         try:
-            result = await self._child(self.params.planner_model, request, self.planner_inputs, PLANNER_OUTPUTS)
+            result = await asyncio.wait_for(
+                self._child(self.params.planner_model, request, self.planner_inputs, PLANNER_OUTPUTS),
+                timeout=self.params.planner_timeout_ms / 1000.0,
+            )
             if result.has_error():
                 raise RuntimeError(result.error().message())
             texts = backend.decode_strings(
@@ -103,7 +109,9 @@ class CombinedModel:
             )
             return texts, ms, prompts
         except Exception as exc:  # openpi-flash: planner failures are logged, never fatal to the action
-            backend.logger.warning("planner failed, continuing without a subtask: %s", exc)
+            reason = f"no answer within {self.params.planner_timeout_ms} ms" if isinstance(exc, TimeoutError) else exc
+            backend.logger.warning("planner failed, continuing without a subtask: %s", reason)
+            self.planner_failures.increment()
             return [""] * rows, [[0.0]] * rows, None
 
     async def _child(

@@ -11,9 +11,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from openpi_triton.limits import DEFAULT_INPUT_LIMITS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PROMPT_BYTES, InputLimits
 from openpi_triton.native.batching import parse_buckets
 from openpi_triton.native.configs import POLICY_CONFIGS, PolicyConfig, get_policy_config
-from openpi_triton.native.planner import DEFAULT_GENERATION_PROMPT_FORMAT, validate_prompt_format
+from openpi_triton.prompt_format import DEFAULT_GENERATION_PROMPT_FORMAT, validate_prompt_format
 
 RUNTIMES = ("native", "openpi")
 DEFAULT_ACTION_PROMPT_TEMPLATE = "{task}. Subtask: {subtask}"
@@ -59,6 +60,14 @@ def _policy_config(params: Mapping[str, str]) -> PolicyConfig:
         raise ParameterError(f"parameter 'model_config_name': {exc}") from None
 
 
+def input_limits(params: Mapping[str, str]) -> InputLimits:
+    """``max_image_pixels`` / ``max_prompt_bytes`` (empty: the defaults the bridge uses too)."""
+    return InputLimits(
+        max_image_pixels=_int(params, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
+        max_prompt_bytes=_int(params, "max_prompt_bytes", DEFAULT_MAX_PROMPT_BYTES),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class ActionParams:
     runtime: str
@@ -75,6 +84,7 @@ class ActionParams:
     # run before the config is looked up (to register custom configs).
     embodiment: str = ""
     openpi_setup_script: str = ""
+    limits: InputLimits = DEFAULT_INPUT_LIMITS
 
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> ActionParams:
@@ -114,6 +124,7 @@ class ActionParams:
             batch_buckets=buckets,
             embodiment=params.get("embodiment", ""),
             openpi_setup_script=params.get("openpi_setup_script", ""),
+            limits=input_limits(params),
         )
 
 
@@ -141,6 +152,7 @@ class PlannerParams:
     generation_prompt_format: str
     action_prompt_template: str
     batch_buckets: tuple[int, ...]
+    limits: InputLimits = DEFAULT_INPUT_LIMITS
 
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> PlannerParams:
@@ -164,6 +176,7 @@ class PlannerParams:
                 params.get("action_prompt_template", "") or DEFAULT_ACTION_PROMPT_TEMPLATE
             ),
             batch_buckets=buckets,
+            limits=input_limits(params),
         )
 
 
@@ -172,6 +185,8 @@ class CombinedParams:
     config: PolicyConfig
     action_model: str
     planner_model: str
+    # A planner call that takes longer is abandoned: the action runs with the robot's own prompt.
+    planner_timeout_ms: int = 10_000
 
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> CombinedParams:
@@ -179,4 +194,5 @@ class CombinedParams:
             config=_policy_config(params),
             action_model=params.get("action_model", "") or "action",
             planner_model=params.get("planner_model", "") or "planner",
+            planner_timeout_ms=_int(params, "planner_timeout_ms", 10_000),
         )

@@ -49,7 +49,7 @@ class PlannerModel:
         batches: list[tuple[int, list[str], list[PlannerInput]]] = []
         for index, request in enumerate(requests):
             try:
-                rows = backend.read_rows(request, self.inputs)
+                rows = backend.read_rows(request, self.inputs, self.params.limits)
                 tasks = [row.get(io_spec.PROMPT, "") for row in rows]
                 prepared = [
                     self.planner.prepare_observation(
@@ -68,6 +68,7 @@ class PlannerModel:
         try:
             subtasks = self.planner.generate_batch(flat)
         except Exception as exc:
+            backend.logger.exception("subtask generation failed for a batch of %d", len(flat))
             for index, _, _ in batches:
                 responses[index] = backend.internal(f"subtask generation failed: {type(exc).__name__}: {exc}")
             return responses

@@ -18,6 +18,7 @@ from openpi_triton.native import image as image_ops
 
 Layout = Literal["CHW", "HWC"]
 MODEL_IMAGE_SIZE = 224
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +129,9 @@ def parse_state(value: Any, field: StateField) -> np.ndarray:
         raise ValueError(f"'{field.name}': expected shape [{field.width}], got {list(array.shape)}")
     if not np.all(np.isfinite(array)):
         raise ValueError(f"'{field.name}': values must be finite, got {array.tolist()}")
+    too_large = np.abs(array) > FLOAT32_MAX  # finite in float64, inf in the model's float32
+    if np.any(too_large):
+        raise ValueError(f"'{field.name}': values must be finite in float32, got {array[too_large][0]!r}")
     if np.issubdtype(array.dtype, np.integer):
         array = array.astype(np.float64)
     return array
