@@ -98,7 +98,12 @@ mod tests {
         LocalFrame {
             schema_id: "unknown".into(),
             arrays: vec![
-                LocalArray { path: vec!["state".into()], dtype: DType::F32, shape: vec![2], data: vec![0, 0, 128, 63, 0, 0, 0, 64] },
+                LocalArray {
+                    path: vec!["state".into()],
+                    dtype: DType::F32,
+                    shape: vec![2],
+                    data: vec![0, 0, 128, 63, 0, 0, 0, 64],
+                },
                 LocalArray {
                     path: vec!["images".into(), "cam_high".into()],
                     dtype: DType::U8,

@@ -72,7 +72,12 @@ mod tests {
         LocalFrame {
             schema_id: "unknown".into(),
             arrays: vec![
-                LocalArray { path: vec!["actions".into()], dtype: DType::U8, shape: vec![3, 2], data: vec![0, 1, 2, 3, 4, 5] },
+                LocalArray {
+                    path: vec!["actions".into()],
+                    dtype: DType::U8,
+                    shape: vec![3, 2],
+                    data: vec![0, 1, 2, 3, 4, 5],
+                },
                 LocalArray { path: vec!["other".into()], dtype: DType::U8, shape: vec![2], data: vec![9, 9] },
             ],
             scalar_json: r#"{"server_timing":{"infer_ms":1.0}}"#.into(),

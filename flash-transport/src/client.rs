@@ -2,8 +2,10 @@
 //! socket; this binary forwards over QUIC (Arrow payloads) to a `server`.
 //!
 //! Beyond openpi-flash: when the QUIC connection is lost the failing request gets an error and the next
-//! request reconnects (openpi-flash never reconnects); on SIGTERM / SIGINT the connection is closed
-//! properly, so the server notices at once instead of after its idle timeout.
+//! request reconnects (openpi-flash never reconnects); on SIGTERM / SIGINT, or when the parent process (the
+//! robot script) dies, the connection is closed properly, so the server notices at once instead of after its
+//! idle timeout. A local request that fails (bad LocalFrame, preprocessing, a lost link) is answered with an
+//! ERROR frame and the local connection stays usable; it is closed only when its framing is broken.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ use crate::arrow_codec;
 use crate::chunk_cache::ChunkCache;
 use crate::image_preprocess::{self, ImageSpec};
 use crate::local_frame::{kind, read_message, write_message, LocalFrame};
+use crate::parent_watch::ParentWatch;
 use crate::quic::{self, link, LinkOptions};
 
 #[derive(Clone, Debug, clap::Args)]
@@ -64,7 +67,19 @@ struct Upstream {
 
 impl Upstream {
     async fn connect(&mut self) -> Result<Vec<u8>> {
-        let connection = self.endpoint.connect(self.server, "localhost")?.await.context("QUIC connect failed")?;
+        let connection = match self.endpoint.connect(self.server, "localhost")?.await {
+            Ok(connection) => connection,
+            Err(quinn::ConnectionError::ConnectionClosed(close))
+                if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                bail!(
+                    "the server at {} refused the connection: it serves as many robots as its --max-connections \
+                     allows; try again later",
+                    self.server
+                )
+            }
+            Err(err) => return Err(err).context("QUIC connect failed"),
+        };
         let (mut send, mut recv) = connection.open_bi().await?;
         write_message(&mut send, link::DATA, self.token.handshake_body()).await?;
         let metadata = match read_message(&mut recv, self.max_message_bytes).await? {
@@ -104,7 +119,8 @@ impl Upstream {
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
-    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs().with_context(|| format!("cannot resolve {host}"))?.collect();
+    let addrs: Vec<SocketAddr> =
+        (host, port).to_socket_addrs().with_context(|| format!("cannot resolve {host}"))?.collect();
     addrs.iter().find(|a| a.is_ipv4()).or_else(|| addrs.first()).copied().context("no address for the server")
 }
 
@@ -112,24 +128,38 @@ fn open_loop_horizon() -> Result<Option<u64>> {
     match std::env::var("OPENPI_OPEN_LOOP_HORIZON") {
         Err(_) => Ok(None),
         Ok(value) => {
-            let n: u64 = value.trim().parse().with_context(|| format!("OPENPI_OPEN_LOOP_HORIZON={value:?} is not an integer"))?;
+            let n: u64 = value
+                .trim()
+                .parse()
+                .with_context(|| format!("OPENPI_OPEN_LOOP_HORIZON={value:?} is not an integer"))?;
             anyhow::ensure!(n >= 1, "OPENPI_OPEN_LOOP_HORIZON must be >= 1");
             Ok(Some(n))
         }
     }
 }
 
-pub async fn run(args: ClientArgs) -> Result<()> {
+pub async fn run(args: ClientArgs, parent: ParentWatch) -> Result<()> {
     quic::install_crypto_provider();
     let server = resolve(&args.server_host, args.server_port)?;
-    let bind: SocketAddr = if server.is_ipv4() { ([0, 0, 0, 0], args.local_port).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, args.local_port).into() };
+    let bind: SocketAddr = if server.is_ipv4() {
+        ([0, 0, 0, 0], args.local_port).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, args.local_port).into()
+    };
     let mut endpoint = quinn::Endpoint::client(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
     endpoint.set_default_client_config(quic::client_config(&args.link)?);
-    let mut upstream =
-        Upstream { endpoint, server, link: None, max_message_bytes: args.link.max_message_bytes, token: args.token.clone() };
+    let mut upstream = Upstream {
+        endpoint,
+        server,
+        link: None,
+        max_message_bytes: args.link.max_message_bytes,
+        token: args.token.clone(),
+    };
     let metadata = upstream.connect().await?;
     let parsed = rmp_serde::from_slice::<ServerMetadata>(&metadata).unwrap_or_else(|err| {
-        warn!("cannot read image_specs / action_horizon from the server metadata ({err}): preprocessing and chunking off");
+        warn!(
+            "cannot read image_specs / action_horizon from the server metadata ({err}): preprocessing and chunking off"
+        );
         ServerMetadata::default()
     });
     let horizon = parsed.action_horizon.filter(|&h| h >= 1);
@@ -152,6 +182,9 @@ pub async fn run(args: ClientArgs) -> Result<()> {
     }
     let listener = UnixListener::bind(&args.local_socket_path)?;
     info!("Local client sidecar socket ready at {}", args.local_socket_path.display());
+    // One lock over each whole round trip: the link is one QUIC stream on which replies come back in request
+    // order with no request id (openpi-flash's wire), so requests of several local connections must take
+    // turns. A robot process normally has one local connection, so this costs nothing in practice.
     let upstream = Arc::new(Mutex::new(upstream));
     let metadata = Arc::new(metadata);
 
@@ -172,6 +205,10 @@ pub async fn run(args: ClientArgs) -> Result<()> {
             }
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
+            () = parent.gone() => {
+                warn!("parent process {} went away: closing the sidecar", parent.parent());
+                break;
+            }
         }
     }
     upstream.lock().await.close().await;
@@ -188,51 +225,75 @@ async fn serve_local(
     max: u32,
 ) -> Result<()> {
     let (mut reader, mut writer) = stream.into_split();
-    while let Some((message_kind, body)) = read_message(&mut reader, max).await? {
-        match message_kind {
-            kind::METADATA => write_message(&mut writer, kind::METADATA_RESPONSE, &metadata).await?,
+    loop {
+        let (message_kind, body) = match read_message(&mut reader, max).await {
+            Ok(Some(message)) => message,
+            Ok(None) => return Ok(()),
+            Err(err) if err.framing_broken() => {
+                // The rest of this message was not read, so nothing after it can be trusted: say why, then close.
+                let _ = write_message(&mut writer, kind::ERROR, err.to_string().as_bytes()).await;
+                return Err(err.into());
+            }
+            // The robot went away (closed mid-message or a read error): nobody to answer.
+            Err(err) => return Err(err.into()),
+        };
+        let reply = match message_kind {
+            kind::METADATA => Ok((kind::METADATA_RESPONSE, metadata.to_vec())),
             kind::RESET => {
                 if let Some(cache) = cache.as_mut() {
                     cache.clear();
                 }
-                match upstream.lock().await.exchange(link::RESET_REQUEST, &[]).await? {
-                    (link::RESET_ACK, _) => write_message(&mut writer, kind::RESET_RESPONSE, &[]).await?,
-                    (other, _) => bail!("server answered RESET with type 0x{other:02x}"),
-                }
+                reset(&upstream).await
             }
-            kind::INFER => {
-                if let Some(reply) = cache.as_mut().and_then(ChunkCache::next_step) {
-                    write_message(&mut writer, kind::INFER_RESPONSE, &reply.encode()?).await?;
-                    continue;
-                }
-                let mut frame = LocalFrame::decode(&body)?;
-                if let Err(err) = image_preprocess::preprocess(&mut frame, &specs) {
-                    write_message(&mut writer, kind::ERROR, format!("{err:#}").as_bytes()).await?;
-                    continue;
-                }
-                let exchanged = upstream.lock().await.exchange(link::DATA, &arrow_codec::encode(&frame)?).await;
-                match exchanged {
-                    Ok((link::DATA, body)) => {
-                        let reply = arrow_codec::decode(&body)?;
-                        let first = match cache.as_mut() {
-                            Some(cache) => cache.store(reply),
-                            None => reply,
-                        };
-                        write_message(&mut writer, kind::INFER_RESPONSE, &first.encode()?).await?;
-                    }
-                    Ok((link::ERROR, text)) => write_message(&mut writer, kind::ERROR, &text).await?,
-                    Ok((other, _)) => bail!("server answered INFER with type 0x{other:02x}"),
-                    Err(err) => {
-                        let text = format!("connection to the openpi-triton server lost ({err:#}); the next request reconnects");
-                        write_message(&mut writer, kind::ERROR, text.as_bytes()).await?;
-                    }
-                }
-            }
-            other => {
-                write_message(&mut writer, kind::ERROR, format!("unknown message type 0x{other:02x}").as_bytes()).await?;
-                bail!("unknown local message type 0x{other:02x}");
-            }
+            kind::INFER => infer(&body, &upstream, &specs, cache.as_mut()).await,
+            other => Err(anyhow::anyhow!("unknown local message type 0x{other:02x}")),
+        };
+        match reply {
+            Ok((reply_kind, reply_body)) => write_message(&mut writer, reply_kind, &reply_body).await?,
+            Err(err) => write_message(&mut writer, kind::ERROR, format!("{err:#}").as_bytes()).await?,
         }
     }
-    Ok(())
+}
+
+fn link_lost(err: &anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!("connection to the openpi-triton server lost ({err:#}); the next request reconnects")
+}
+
+async fn reset(upstream: &Mutex<Upstream>) -> Result<(u8, Vec<u8>)> {
+    match upstream.lock().await.exchange(link::RESET_REQUEST, &[]).await {
+        Ok((link::RESET_ACK, _)) => Ok((kind::RESET_RESPONSE, Vec::new())),
+        Ok((link::ERROR, text)) => bail!("{}", String::from_utf8_lossy(&text)),
+        Ok((other, _)) => bail!("server answered RESET with type 0x{other:02x}"),
+        Err(err) => Err(link_lost(&err)),
+    }
+}
+
+/// One local INFER: served from the chunk cache, or preprocessed and sent over the link.
+async fn infer(
+    body: &[u8],
+    upstream: &Mutex<Upstream>,
+    specs: &[ImageSpec],
+    mut cache: Option<&mut ChunkCache>,
+) -> Result<(u8, Vec<u8>)> {
+    if let Some(reply) = cache.as_mut().and_then(|c| c.next_step()) {
+        return Ok((kind::INFER_RESPONSE, reply.encode()?));
+    }
+    let mut frame = LocalFrame::decode(body).context("malformed INFER request")?;
+    image_preprocess::preprocess(&mut frame, specs)?;
+    let payload = arrow_codec::encode(&frame).context("cannot encode the request for the link")?;
+    let exchanged = upstream.lock().await.exchange(link::DATA, &payload).await;
+    match exchanged {
+        Ok((link::DATA, body)) => {
+            let reply = arrow_codec::decode(&body).context("the server's reply is not a valid Arrow payload")?;
+            let first = match cache {
+                Some(cache) => cache.store(reply),
+                None => reply,
+            };
+            Ok((kind::INFER_RESPONSE, first.encode()?))
+        }
+        // The server's own text, unchanged (the robot's RuntimeError shows it as it is).
+        Ok((link::ERROR, text)) => Ok((kind::ERROR, text)),
+        Ok((other, _)) => bail!("server answered INFER with type 0x{other:02x}"),
+        Err(err) => Err(link_lost(&err)),
+    }
 }

@@ -154,7 +154,11 @@ fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
             let weights: Vec<f64> = (xmin..xmax)
                 .map(|x| {
                     let t = ((x as f64 - center + 0.5) * ss).abs();
-                    if t < 1.0 { 1.0 - t } else { 0.0 }
+                    if t < 1.0 {
+                        1.0 - t
+                    } else {
+                        0.0
+                    }
                 })
                 .collect();
             let total: f64 = weights.iter().sum();

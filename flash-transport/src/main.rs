@@ -1,6 +1,7 @@
 //! `openpi-flash-transport server|client`: the same command line as openpi-flash's binary.
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use openpi_flash_transport::parent_watch::ParentWatch;
 use openpi_flash_transport::{client, server};
 
 #[derive(Parser)]
@@ -20,14 +21,17 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // First, so that the parent we watch is the one that started us (see parent_watch).
+    let parent = ParentWatch::capture();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Server(args) => server::run(args).await,
-        Command::Client(args) => client::run(args).await,
+        Command::Server(args) => server::run(args, parent).await,
+        Command::Client(args) => client::run(args, parent).await,
     }
 }

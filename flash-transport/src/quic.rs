@@ -23,14 +23,17 @@ pub mod link {
 /// Transport tuning flags common to `server` and `client`.
 #[derive(Clone, Copy, Debug, clap::Args)]
 pub struct LinkOptions {
+    /// A connection silent for this long is dead (QUIC idle timeout); keep-alives keep a quiet robot alive.
     #[arg(long, default_value_t = 10)]
     pub max_idle_timeout_secs: u64,
+    /// Seconds between QUIC keep-alive pings on an otherwise quiet connection (below the idle timeout).
     #[arg(long, default_value_t = 2)]
     pub keep_alive_interval_secs: u64,
+    /// CUBIC's initial congestion window, in bytes.
     #[arg(long, default_value_t = 1_048_576)]
     pub initial_window_bytes: u64,
     /// Largest message accepted from a peer, in bytes (type byte + body); larger declared lengths are
-    /// refused before anything is allocated.
+    /// refused before anything is read, and a body costs memory only as it arrives.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: u32,
 }
@@ -65,12 +68,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Connection-level receive window once a peer is admitted (openpi-flash's value).
+pub const RECEIVE_WINDOW: u32 = 10_000_000;
+
+/// The server's connection-level receive window until the handshake is accepted: an unauthenticated peer
+/// can make quinn buffer at most this much unread data (the handshake frame is a few KiB at most).
+pub const PRE_ADMISSION_RECEIVE_WINDOW: u32 = 64 * 1024;
+
 pub fn transport_config(options: &LinkOptions) -> Result<TransportConfig> {
     let mut config = TransportConfig::default();
     let idle = IdleTimeout::try_from(Duration::from_secs(options.max_idle_timeout_secs)).context("idle timeout")?;
     config.max_idle_timeout(Some(idle));
     config.keep_alive_interval(Some(Duration::from_secs(options.keep_alive_interval_secs)));
-    config.receive_window(VarInt::from_u32(10_000_000));
+    config.receive_window(VarInt::from_u32(RECEIVE_WINDOW));
     config.send_window(10_000_000);
     config.stream_receive_window(VarInt::from_u32(5_000_000));
     config.initial_rtt(Duration::from_millis(20));
@@ -92,14 +102,22 @@ pub fn install_crypto_provider() {
 }
 
 /// Server crypto: a fresh self-signed certificate for "localhost", no client auth, no ALPN.
+///
+/// Transport differs from openpi-flash's only in what a peer may make the server hold before it is
+/// admitted: a small connection receive window (raised to [`RECEIVE_WINDOW`] on admission), and one
+/// bidirectional stream, no unidirectional ones (the link uses exactly one bidi stream, so no client notices).
 pub fn server_config(options: &LinkOptions) -> Result<quinn::ServerConfig> {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
     let cert_der = CertificateDer::from(cert.cert.der().to_vec());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
     let tls = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(vec![cert_der], key)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut transport = transport_config(options)?;
+    transport.receive_window(VarInt::from_u32(PRE_ADMISSION_RECEIVE_WINDOW));
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(1));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(options)?));
+    config.transport_config(Arc::new(transport));
     Ok(config)
 }
 
@@ -166,7 +184,9 @@ mod tests {
         assert!(open.handshake_body().is_empty());
         let closed = TokenOptions { auth_token: Some("s3cret".into()) };
         assert!(closed.admits(b"s3cret"));
-        assert!(!closed.admits(b"") && !closed.admits(b"s3cre") && !closed.admits(b"s3cret!") && !closed.admits(b"S3cret"));
+        assert!(
+            !closed.admits(b"") && !closed.admits(b"s3cre") && !closed.admits(b"s3cret!") && !closed.admits(b"S3cret")
+        );
         assert_eq!(closed.handshake_body(), b"s3cret");
     }
 }

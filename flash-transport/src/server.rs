@@ -1,21 +1,24 @@
 //! `server` mode: QUIC from robots -> the bridge's unix socket (LocalFrame), many connections at once.
 //!
-//! Per QUIC connection: accept its single bidirectional stream, check the handshake (the token, when one is
-//! configured), dial the backend socket, answer the handshake with the backend's metadata, then forward
+//! Per QUIC connection: take a session slot (`--max-connections`), accept its single bidirectional stream and
+//! check the handshake within `--handshake-timeout-secs` (the token, when one is configured; see
+//! [`crate::admission`]), dial the backend socket, answer the handshake with the backend's metadata, then forward
 //! INFER (Arrow <-> LocalFrame, with `server_timing` injected into successful replies) and RESET until the
 //! client goes away.
 
 use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
 use tokio::net::UnixStream;
 use tracing::{info, warn};
 
+use crate::admission::{self, Session, SessionLimit};
 use crate::arrow_codec;
 use crate::local_frame::{kind, read_message, write_message, LocalFrame};
+use crate::parent_watch::ParentWatch;
 use crate::quic::{self, link, LinkOptions};
 
 #[derive(Clone, Debug, clap::Args)]
@@ -24,6 +27,16 @@ pub struct ServerArgs {
     pub listen_port: u16,
     #[arg(long)]
     pub backend_socket_path: PathBuf,
+    /// QUIC sessions served at once (as the bridge's `max_connections`): one more is refused on its first
+    /// packet (QUIC CONNECTION_REFUSED), before any TLS work or bridge connection is spent on it.
+    #[arg(long, env = "OPENPI_QUIC_MAX_CONNECTIONS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Seconds a new connection has for the QUIC handshake, opening its stream and sending its handshake
+    /// frame; a slower one is closed, with an error frame once it has a stream.
+    #[arg(long, env = "OPENPI_QUIC_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub handshake_timeout_secs: u64,
     #[command(flatten)]
     pub link: LinkOptions,
     #[command(flatten)]
@@ -38,7 +51,27 @@ fn bind_udp(port: u16) -> Result<UdpSocket> {
     }
 }
 
-pub async fn run(args: ServerArgs) -> Result<()> {
+/// Logs refused connections at most once a second, so a flood does not flood the log too.
+struct RefusalLog {
+    since_last: u64,
+    last: Option<Instant>,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, remote: SocketAddr, max: u32) {
+        self.since_last += 1;
+        if self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            warn!(
+                "refused {} connection(s) (latest from {remote}): {max} sessions already (--max-connections)",
+                self.since_last
+            );
+            self.since_last = 0;
+            self.last = Some(Instant::now());
+        }
+    }
+}
+
+pub async fn run(args: ServerArgs, parent: ParentWatch) -> Result<()> {
     quic::install_crypto_provider();
     let socket = bind_udp(args.listen_port)?;
     let endpoint = quinn::Endpoint::new(
@@ -49,47 +82,61 @@ pub async fn run(args: ServerArgs) -> Result<()> {
     )?;
     info!("Listening for QUIC connections on udp://{}", endpoint.local_addr()?);
     info!("Forwarding requests to Python backend at {}", args.backend_socket_path.display());
-    while let Some(incoming) = endpoint.accept().await {
+    let sessions = SessionLimit::new(args.max_connections as usize);
+    let mut refusals = RefusalLog { since_last: 0, last: None };
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+            () = parent.gone() => {
+                warn!("parent process {} went away: shutting down", parent.parent());
+                break;
+            }
+        };
+        let remote = incoming.remote_address();
+        let Some(permit) = sessions.try_enter() else {
+            refusals.refused(remote, args.max_connections);
+            incoming.refuse();
+            continue;
+        };
         let args = args.clone();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
+            let _permit = permit; // the slot is taken until this session ends
             match serve_connection(incoming, &args).await {
                 Ok(()) => info!("Client {remote} disconnected"),
                 Err(err) => warn!("Client {remote}: session ended: {err:#}"),
             }
         });
     }
+    // Robots learn at once that this server is gone, instead of after their idle timeout.
+    endpoint.close(0u32.into(), b"server shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     Ok(())
 }
 
 async fn serve_connection(incoming: quinn::Incoming, args: &ServerArgs) -> Result<()> {
-    let connection = incoming.await.context("QUIC handshake failed")?;
-    let (mut send, mut recv) = match connection.accept_bi().await {
-        Ok(streams) => streams,
-        Err(quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed) => return Ok(()),
-        Err(err) => return Err(err.into()),
+    let handshake_timeout = Duration::from_secs(args.handshake_timeout_secs);
+    let Some(Session { connection, mut send, mut recv }) =
+        admission::admit(incoming, &args.token, handshake_timeout).await?
+    else {
+        return Ok(());
     };
     let max = args.link.max_message_bytes;
 
-    // Handshake: the client's first frame must be Data; its body is the token when one is required
-    // (checked before the bridge is involved), ignored otherwise. Answer with the bridge's metadata.
-    match read_message(&mut recv, max).await? {
-        Some((link::DATA, body)) if args.token.admits(&body) => {}
-        Some((link::DATA, _)) => {
-            let text = "unauthorized: this server requires a token (set OPENPI_QUIC_TOKEN for the robot's sidecar)";
-            write_message(&mut send, link::ERROR, text.as_bytes()).await?;
+    // Admitted: only now is the bridge involved. Answer the handshake with the bridge's metadata.
+    let backend = match UnixStream::connect(&args.backend_socket_path).await {
+        Ok(backend) => backend,
+        Err(err) => {
+            let text = format!("the openpi-triton server cannot reach its bridge ({err})");
+            let _ = write_message(&mut send, link::ERROR, text.as_bytes()).await;
             let _ = send.finish();
-            // Let the error frame arrive: wait for the client to hang up, or a second at most.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), connection.closed()).await;
-            connection.close(1u32.into(), b"unauthorized");
-            bail!("handshake without the right token refused");
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            return Err(err)
+                .with_context(|| format!("cannot reach the bridge at {}", args.backend_socket_path.display()));
         }
-        Some((other, _)) => bail!("handshake: expected a Data frame, got type 0x{other:02x}"),
-        None => return Ok(()),
-    }
-    let backend = UnixStream::connect(&args.backend_socket_path)
-        .await
-        .with_context(|| format!("cannot reach the bridge at {}", args.backend_socket_path.display()))?;
+    };
     let (mut backend_read, mut backend_write) = backend.into_split();
     write_message(&mut backend_write, kind::METADATA, &[]).await?;
     match read_message(&mut backend_read, max).await?.context("bridge closed during the handshake")? {
@@ -103,11 +150,12 @@ async fn serve_connection(incoming: quinn::Incoming, args: &ServerArgs) -> Resul
         let message = match read_message(&mut recv, max).await {
             Ok(Some(message)) => message,
             Ok(None) => break,
-            Err(err) if is_disconnect(&err) => break,
-            Err(err) => {
-                let _ = write_message(&mut send, link::ERROR, format!("{err:#}").as_bytes()).await;
-                return Err(err);
+            Err(err) if err.framing_broken() => {
+                let _ = write_message(&mut send, link::ERROR, err.to_string().as_bytes()).await;
+                return Err(err.into());
             }
+            // Truncated or a read error: the client went away (reset, lost, closed mid-message).
+            Err(_) => break,
         };
         let t0 = Instant::now();
         match message {
@@ -151,23 +199,6 @@ async fn serve_connection(incoming: quinn::Incoming, args: &ServerArgs) -> Resul
     let _ = send.finish();
     connection.close(0u32.into(), b"client disconnected");
     Ok(())
-}
-
-fn is_disconnect(err: &anyhow::Error) -> bool {
-    err.chain().any(|cause| {
-        cause.downcast_ref::<quinn::ReadExactError>().is_some()
-            || cause.downcast_ref::<quinn::ConnectionError>().is_some()
-            || cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    std::io::ErrorKind::UnexpectedEof
-                        | std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::ConnectionAborted
-                        | std::io::ErrorKind::BrokenPipe
-                        | std::io::ErrorKind::NotConnected
-                )
-            })
-    })
 }
 
 /// Sets `server_timing.infer_ms` (and `prev_total_ms` after the first INFER) in the nested scalar JSON.
