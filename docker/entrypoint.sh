@@ -21,9 +21,12 @@
 #   TRITON_READY_TIMEOUT [1800]       seconds for every model to load and warm up
 #   BRIDGE_CONFIG                     bridge JSON file [both slots]; OPENPI_* variables override it
 #
-# Every child runs in the background; SIGTERM/SIGINT are forwarded to all of them, and when any child
-# exits the others are stopped and the container exits non-zero, so the restart policy brings the whole
-# stack back (a half-running stack would look healthy to robots on the surviving protocol).
+# Every child runs in the background; SIGTERM/SIGINT are forwarded to all of them. tritonserver is
+# supervised in place: when it exits it is started again after a backoff (1 s doubling to 30 s; one that ran
+# TRITON_BACKOFF_RESET_SECS [120] starts over), stale Python-backend regions are removed from /dev/shm before
+# each start, and the stub watchdog follows each new pid; the bridge reconnects to it by itself. When any
+# other child exits, the others are stopped and the container exits non-zero, so the restart policy brings the
+# whole stack back (a half-running stack would look healthy to robots on the surviving protocol).
 set -euo pipefail
 
 ROLE="${OPENPI_ROLE:-all}"
@@ -59,6 +62,7 @@ TRITON_GRPC_PORT="${TRITON_GRPC_PORT:-${default_ports[1]}}"
 TRITON_METRICS_PORT="${TRITON_METRICS_PORT:-${default_ports[2]}}"
 TRITON_ADDRESS="${TRITON_ADDRESS:-$default_address}"
 TRITON_READY_TIMEOUT="${TRITON_READY_TIMEOUT:-1800}"
+TRITON_BACKOFF_RESET_SECS="${TRITON_BACKOFF_RESET_SECS:-120}"
 BRIDGE_CONFIG="${BRIDGE_CONFIG:-}"
 # Inside a container the admin API must listen on the container's interface to be published at all;
 # compose publishes it on the host's 127.0.0.1 only.
@@ -97,9 +101,14 @@ start() {
   local name="$1"
   shift
   "$@" > >(sed -u "s/^/[$name] /") 2>&1 &
+  track "$name"
+}
+
+track() {
+  # track NAME: the job just started in the background is child NAME (stopped by stop_all, awaited below).
   pids+=("$!")
-  names+=("$name")
-  log "started $name (pid $!)"
+  names+=("$1")
+  log "started $1 (pid $!)"
 }
 
 stop_all() {
@@ -109,6 +118,9 @@ stop_all() {
   done
   # Triton stops its Python stubs itself; give everything the time docker's stop grace period allows.
   wait || true
+  if [[ -n "${TRITON_PID_FILE:-}" ]]; then
+    rm -f "$TRITON_PID_FILE"
+  fi
 }
 
 # shellcheck disable=SC2329 # called through the trap below, which shellcheck does not follow
@@ -149,14 +161,76 @@ start_triton() {
   # version folder, and poll mode would reload every model once (openpi_triton/triton/launcher.py).
   python -c 'import pathlib, sys; from openpi_triton.triton.launcher import precompile_python_models as pre
 pre(pathlib.Path(sys.argv[1]))' "$MODEL_REPOSITORY"
-  start triton tritonserver "${args[@]}" "${extra[@]}"
+  # The current tritonserver's pid, for the watchdog (a restarted server has a new one).
+  TRITON_PID_FILE="$(mktemp -t openpi-tritonserver-XXXXXX.pid)"
+  supervise_triton "${args[@]}" "${extra[@]}" &
+  track triton
+}
+
+remove_stale_shm() {
+  # A killed tritonserver leaves its Python-backend regions in /dev/shm (RAM); only unused ones are removed,
+  # since another tritonserver may share this /dev/shm (see openpi_triton/triton/launcher.py).
+  python -c 'import sys; from openpi_triton.triton.launcher import SHM_DIRECTORY, remove_stale_shm_regions as rm
+print(f"[entrypoint] removed {rm()} stale Python-backend shared-memory region(s) from {SHM_DIRECTORY}", file=sys.stderr)'
+}
+
+exit_reason() {
+  # exit_reason STATUS: "signal 9" for a status above 128 (how bash reports a signal), else "code N".
+  if (($1 > 128)); then
+    printf 'signal %d' $(($1 - 128))
+  else
+    printf 'code %d' "$1"
+  fi
+}
+
+announce_ready() {
+  # announce_ready PID RESTART: one log line once the restarted tritonserver PID is ready (gives up if it dies).
+  local url="http://127.0.0.1:${TRITON_HTTP_PORT}/v2/health/ready"
+  while kill -0 "$1" 2>/dev/null; do
+    if http_ok "$url"; then
+      log "tritonserver ready again (restart $2, pid $1)"
+      return
+    fi
+    sleep 1
+  done
+}
+
+supervise_triton() {
+  # supervise_triton ARGS...: tritonserver ARGS (output prefixed by [triton]) in this background subshell,
+  # started again with backoff whenever it exits; SIGTERM (stop_all) ends it and the supervision.
+  local child="" backoff=1 restarts=0 started status
+  trap 'if [[ -n "$child" ]]; then kill -TERM "$child" 2>/dev/null; wait "$child"; fi; exit 143' TERM
+  while true; do
+    remove_stale_shm || log "could not look for stale shared-memory regions; starting tritonserver anyway"
+    started=$SECONDS
+    tritonserver "$@" > >(sed -u "s/^/[triton] /") 2>&1 &
+    child=$!
+    printf '%s\n' "$child" >"$TRITON_PID_FILE"
+    log "tritonserver running (pid ${child})"
+    if ((restarts > 0)); then
+      announce_ready "$child" "$restarts" &
+    fi
+    status=0
+    wait "$child" || status=$?
+    child=""
+    if ((SECONDS - started >= TRITON_BACKOFF_RESET_SECS)); then
+      backoff=1 # it ran a good while: start the backoff over
+    fi
+    restarts=$((restarts + 1))
+    log "tritonserver exited ($(exit_reason "$status")); restarting in ${backoff} s (restart ${restarts})"
+    sleep "$backoff" &
+    child=$!
+    wait "$child" || true
+    child=""
+    backoff=$((backoff * 2 > 30 ? 30 : backoff * 2))
+  done
 }
 
 start_watchdog() {
   # Triton does not restart a crashed Python stub: the watchdog reloads that model (in poll mode by touching
   # the model's version folder, so it needs a writable repository; see openpi_triton/triton/watchdog.py).
   start watchdog python -m openpi_triton.triton.watchdog --url "127.0.0.1:${TRITON_GRPC_PORT}" \
-    --triton-pid "${pids[0]}" --repository "$MODEL_REPOSITORY"
+    --triton-pid-file "$TRITON_PID_FILE" --repository "$MODEL_REPOSITORY"
 }
 
 wait_for_triton() {
@@ -165,7 +239,7 @@ wait_for_triton() {
   log "waiting for Triton and every model (load + warm-up) at ${url} ..."
   until http_ok "$url"; do
     if ! kill -0 "${pids[0]}" 2>/dev/null; then
-      log "tritonserver exited during start-up"
+      log "the tritonserver supervisor exited during start-up"
       stop_all
       exit 1
     fi

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import os
 import pathlib
+import queue
 import shutil
 import socket
 import struct
@@ -25,7 +26,7 @@ from typing import Any
 
 from openpi_client import base_policy, msgpack_numpy
 
-from openpi_triton.processes import stop_process
+from openpi_triton.processes import spawn, stop_process
 from openpi_triton.protocols import local_frame
 from openpi_triton.protocols.local_frame import MessageType
 
@@ -54,6 +55,27 @@ def find_binary() -> pathlib.Path:
     )
 
 
+def _own_binary(
+    command: list[str],
+    env: dict[str, str],
+    log_tail: collections.deque[str],
+    started: queue.Queue[subprocess.Popen[str] | BaseException],
+) -> None:
+    """The thread that spawns the client binary, relays its log (the last lines are kept in ``log_tail`` to
+    explain an early exit) and waits for it: the binary must not outlive this thread (PDEATHSIG)."""
+    try:
+        process = spawn(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    except BaseException as exc:
+        started.put(exc)
+        return
+    started.put(process)
+    assert process.stdout is not None
+    for line in process.stdout:
+        log_tail.append(line)
+        sys.stderr.write(line)
+    process.wait()
+
+
 class FlashTransportPolicy(base_policy.BasePolicy):
     def __init__(
         self,
@@ -73,44 +95,47 @@ class FlashTransportPolicy(base_policy.BasePolicy):
         env = dict(os.environ)
         if auth_token is not None:
             env["OPENPI_QUIC_TOKEN"] = auth_token  # the environment, not argv: `ps` does not show it
+        command = [
+            str(find_binary()),
+            "client",
+            "--server-host",
+            host,
+            "--local-socket-path",
+            str(self._socket_path),
+            "--server-port",
+            str(port),
+            "--local-port",
+            str(local_port),
+            "--max-idle-timeout-secs",
+            "10",
+            "--keep-alive-interval-secs",
+            "2",
+            "--initial-window-bytes",
+            "1048576",
+        ]
         try:
-            self._process = subprocess.Popen(
-                [
-                    str(find_binary()),
-                    "client",
-                    "--server-host",
-                    host,
-                    "--local-socket-path",
-                    str(self._socket_path),
-                    "--server-port",
-                    str(port),
-                    "--local-port",
-                    str(local_port),
-                    "--max-idle-timeout-secs",
-                    "10",
-                    "--keep-alive-interval-secs",
-                    "2",
-                    "--initial-window-bytes",
-                    "1048576",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=env,
-            )
-            threading.Thread(target=self._relay_log, daemon=True).start()
+            self._process = self._start_binary(command, env)
             self._sock = self._connect()
             self._metadata = msgpack_numpy.unpackb(self._request(MessageType.METADATA, MessageType.METADATA_RESPONSE))
         except BaseException:
             self.close()
             raise
 
-    def _relay_log(self) -> None:
-        """The binary's log goes on to our stderr; the last lines are kept to explain an early exit."""
-        assert self._process is not None and self._process.stdout is not None
-        for line in self._process.stdout:
-            self._log_tail.append(line)
-            sys.stderr.write(line)
+    def _start_binary(self, command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+        """Spawns the binary on a thread of its own that lives as long as the binary does.
+
+        The binary dies with this process (PDEATHSIG, see ``openpi_triton.processes``), but PDEATHSIG fires
+        when the spawning *thread* ends: a robot may well build its policy in a short-lived worker thread, so
+        the spawning thread is a dedicated one, which relays the binary's log and then waits for its exit. It
+        holds no reference to this object, so a dropped policy is still collected (and closes the binary).
+        """
+        started: queue.Queue[subprocess.Popen[str] | BaseException] = queue.Queue(maxsize=1)
+        args = (command, env, self._log_tail, started)
+        threading.Thread(target=_own_binary, args=args, name=BINARY_NAME, daemon=True).start()
+        outcome = started.get()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def _exit_reason(self) -> str:
         """The binary's last log lines, without the backtrace that RUST_BACKTRACE adds to its error."""

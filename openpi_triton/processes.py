@@ -1,8 +1,52 @@
-"""Stopping child processes the same way everywhere: SIGTERM, a grace period, then SIGKILL."""
+"""Starting, supervising and stopping child processes the same way everywhere.
+
+- :func:`spawn`: ``subprocess.Popen`` whose child is killed when its parent goes away (Linux
+  ``PR_SET_PDEATHSIG``), so that no child of ours outlives us, even when we are SIGKILLed and cannot clean up.
+- :class:`Supervisor`: keeps one child running, restarting it with exponential backoff when it exits.
+- :func:`stop_process`: SIGTERM, a grace period, then SIGKILL.
+
+PDEATHSIG fires when the *thread* that forked the child ends, not only when our process does (prctl(2)):
+spawn from a thread that lives as long as the child should (the main thread, or the supervisor's thread that
+waits for that child), never from a short-lived worker thread.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
+import os
+import signal
 import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+# Looked up once here: the child runs only the call between fork and exec.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Runs in the child between fork and exec: SIGKILL when the spawning thread ends."""
+    assert _prctl is not None
+    if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        os._exit(126)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect: nobody would kill us
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def spawn(command: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen(command, **popen_kwargs)``; on Linux the child gets SIGKILL when the calling *thread*
+    ends (its process exiting or being killed included). Call it from a thread that outlives the child.
+
+    Combines with ``start_new_session`` / ``process_group`` (setsid runs before the prctl).
+    """
+    if _prctl is not None:
+        parent_pid = os.getpid()
+        popen_kwargs["preexec_fn"] = lambda: _die_with_parent(parent_pid)
+    return subprocess.Popen(command, **popen_kwargs)
 
 
 def stop_process(process: subprocess.Popen, timeout: float) -> None:  # type: ignore[type-arg]
@@ -15,3 +59,174 @@ def stop_process(process: subprocess.Popen, timeout: float) -> None:  # type: ig
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=5)
+
+
+def describe_exit(code: int | None) -> str:
+    """``signal 9`` for a child killed by a signal, ``code 3`` for one that exited by itself."""
+    if code is None:
+        return "did not start"
+    return f"signal {-code}" if code < 0 else f"code {code}"
+
+
+def pump_lines(stream: Any, prefix: str, out: Any = None) -> threading.Thread:
+    """Copies a child's text output to ``out`` (stderr), each line prefixed, on a daemon thread."""
+    target = out or sys.stderr
+
+    def pump() -> None:
+        for line in stream:
+            target.write(prefix + line)
+            target.flush()
+
+    thread = threading.Thread(target=pump, name=f"log {prefix.strip()}", daemon=True)
+    thread.start()
+    return thread
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """Delays between restarts: ``initial_s`` doubling up to ``max_s``; a child that ran at least
+    ``reset_after_s`` was healthy, so the next restart waits ``initial_s`` again."""
+
+    initial_s: float = 1.0
+    max_s: float = 30.0
+    reset_after_s: float = 120.0
+
+    def next_delay(self, previous: float | None, ran_for_s: float) -> float:
+        if previous is None or ran_for_s >= self.reset_after_s:
+            return self.initial_s
+        return min(previous * 2, self.max_s)
+
+
+class SupervisorError(RuntimeError):
+    """The child could not be started, or exited before it was ready the first time."""
+
+
+class Child:
+    """What a :class:`Supervisor` runs; subclasses override :meth:`spawn` and what else they need."""
+
+    name = "child"
+
+    def spawn(self) -> subprocess.Popen[Any]:
+        """Starts the child; called on the supervisor's thread (use :func:`spawn`, the thread outlives it)."""
+        raise NotImplementedError
+
+    def wait_ready(self, process: subprocess.Popen[Any]) -> None:
+        """Returns once the child serves; raises if it cannot (died, timed out). Default: at once."""
+
+    def stop(self, process: subprocess.Popen[Any]) -> None:
+        """Ends the child (from any thread)."""
+        stop_process(process, timeout=20)
+
+    def after_exit(self, process: subprocess.Popen[Any]) -> None:
+        """Cleans up after the child exited (its own children, files); on the supervisor's thread."""
+
+
+class Supervisor:
+    """Keeps one :class:`Child` running on its own thread until :meth:`stop`.
+
+    The thread spawns the child, waits until it is ready, waits for it to exit, and starts it again after a
+    :class:`Backoff` delay, logging one line for each exit and for each recovery. A child that fails before it
+    was ready the first time is not restarted (a configuration error, reported by :meth:`wait_first_ready`);
+    after that, every exit is restarted. The same thread spawns and waits, so PDEATHSIG (see :func:`spawn`)
+    ties the child to this supervisor's lifetime.
+    """
+
+    def __init__(
+        self,
+        child: Child,
+        backoff: Backoff = Backoff(),
+        log: Callable[[str], None] | None = None,
+        restart_before_ready: bool = False,
+    ) -> None:
+        self.child = child
+        self.backoff = backoff
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.restart_before_ready = restart_before_ready
+        self.process: subprocess.Popen[Any] | None = None
+        self.restarts = 0
+        self.failure: str | None = None
+        self._ever_ready = threading.Event()
+        self._done = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # a stop never races a spawn: no child starts after stop()
+        self._thread = threading.Thread(target=self._run, name=f"supervise {child.name}", daemon=True)
+
+    def start(self) -> Supervisor:
+        self._thread.start()
+        return self
+
+    def wait_first_ready(self, cancel: threading.Event | None = None) -> bool:
+        """True once the child was ready; False if ``cancel`` was set first; raises :class:`SupervisorError`
+        if the child failed before that."""
+        while not self._ever_ready.wait(0.2):
+            if self._done.is_set():
+                raise SupervisorError(self.failure or f"{self.child.name} stopped before it was ready")
+            if cancel is not None and cancel.is_set():
+                return False
+        return True
+
+    def stop(self, timeout: float = 60.0) -> None:
+        with self._lock:
+            self._stop.set()
+            process = self.process
+        if process is not None and process.poll() is None:
+            self.child.stop(process)
+        self._thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        delay: float | None = None
+        try:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                code = self._run_once()
+                if self._stop.is_set():
+                    return
+                if not (self._ever_ready.is_set() or self.restart_before_ready):
+                    exited = f"{self.child.name} exited ({describe_exit(code)}) before it was ready"
+                    self.failure = self.failure or exited
+                    return
+                delay = self.backoff.next_delay(delay, time.monotonic() - started)
+                self.restarts += 1
+                self.log(
+                    f"{self.child.name} exited ({describe_exit(code)}); "
+                    f"restarting in {delay:g} s (restart {self.restarts})"
+                )
+                if self._stop.wait(delay):
+                    return
+        finally:
+            self._done.set()
+
+    def _run_once(self) -> int | None:
+        """One life of the child: spawn, readiness, exit. Returns its exit code (None: it did not start)."""
+        with self._lock:
+            if self._stop.is_set():
+                return None
+            try:
+                process = self.child.spawn()
+            except Exception as exc:
+                self._report(f"{self.child.name} could not be started: {exc}")
+                return None
+            self.process = process
+        self._await_ready(process)
+        code = process.wait()
+        self.child.after_exit(process)
+        return code
+
+    def _report(self, failure: str) -> None:
+        """Logs a failure of a restarted child; the first start's is raised by :meth:`wait_first_ready`."""
+        self.failure = failure
+        if self._ever_ready.is_set():
+            self.log(failure)
+
+    def _await_ready(self, process: subprocess.Popen[Any]) -> None:
+        try:
+            self.child.wait_ready(process)
+        except Exception as exc:
+            if not self._stop.is_set():
+                self._report(f"{self.child.name} did not become ready: {exc}")
+                self.child.stop(process)  # a half-started child would never be restarted otherwise
+            return
+        self.failure = None
+        if self._ever_ready.is_set():
+            self.log(f"{self.child.name} ready again (restart {self.restarts}, pid {process.pid})")
+        self._ever_ready.set()

@@ -5,17 +5,37 @@ from __future__ import annotations
 import pathlib
 import subprocess
 import sys
-import threading
-import time
+from typing import Any
 
 from openpi_triton.flash_client import find_binary
-from openpi_triton.processes import stop_process
+from openpi_triton.processes import Backoff, Child, Supervisor, pump_lines, spawn, stop_process
 
-MAX_BACKOFF_S = 60.0
+# The sidecar has no state worth a long wait: back within 30 s at worst.
+BACKOFF = Backoff(initial_s=1.0, max_s=30.0, reset_after_s=60.0)
+
+
+class _SidecarChild(Child):
+    def __init__(self, slot: str, command: list[str]) -> None:
+        self.name = "openpi-flash-transport server"
+        self.slot = slot
+        self.command = command
+
+    def spawn(self) -> subprocess.Popen[Any]:
+        # Spawned on the supervisor's thread, which waits for it: PDEATHSIG kills it with the stack.
+        process = spawn(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        pump_lines(process.stdout, f"[quic:{self.slot}] ")
+        return process
+
+    def stop(self, process: subprocess.Popen[Any]) -> None:
+        stop_process(process, timeout=10)
 
 
 class SidecarSupervisor:
-    """Runs ``server --listen-port <port> --backend-socket-path <socket>`` until :meth:`stop`."""
+    """Runs ``server --listen-port <port> --backend-socket-path <socket>`` until :meth:`stop`.
+
+    It needs nothing from the bridge to start: it dials the bridge's socket per QUIC connection, so a
+    restarted bridge is found again without restarting the sidecar.
+    """
 
     def __init__(
         self, slot: str, quic_port: int, backend_socket: str | pathlib.Path, binary: pathlib.Path | None = None
@@ -29,38 +49,24 @@ class SidecarSupervisor:
             "--backend-socket-path",
             str(backend_socket),
         ]
-        self.process: subprocess.Popen[str] | None = None
-        self.restarts = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"quic-{slot}", daemon=True)
+        self._supervisor = Supervisor(
+            _SidecarChild(slot, self.command),
+            BACKOFF,
+            log=lambda message: print(f"[quic:{slot}] {message}", file=sys.stderr, flush=True),
+            restart_before_ready=True,
+        )
+
+    @property
+    def process(self) -> subprocess.Popen[Any] | None:
+        return self._supervisor.process
+
+    @property
+    def restarts(self) -> int:
+        return self._supervisor.restarts
 
     def start(self) -> SidecarSupervisor:
-        self._thread.start()
+        self._supervisor.start()
         return self
 
-    def _run(self) -> None:
-        backoff = 1.0
-        while not self._stop.is_set():
-            started = time.monotonic()
-            self.process = subprocess.Popen(
-                self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-            )
-            assert self.process.stdout is not None
-            for line in self.process.stdout:
-                sys.stderr.write(f"[quic:{self.slot}] {line}")
-            code = self.process.wait()
-            if self._stop.is_set():
-                return
-            if time.monotonic() - started > MAX_BACKOFF_S:
-                backoff = 1.0  # it ran a good while: start the backoff over
-            sys.stderr.write(f"[quic:{self.slot}] exited with code {code}; restarting in {backoff:.0f} s\n")
-            self.restarts += 1
-            if self._stop.wait(backoff):
-                return
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
-
     def stop(self) -> None:
-        self._stop.set()
-        if self.process is not None:
-            stop_process(self.process, timeout=10)
-        self._thread.join(timeout=15)
+        self._supervisor.stop(timeout=15)

@@ -26,12 +26,19 @@ import sysconfig
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from typing import IO
+
+from openpi_triton.processes import spawn
 
 DEFAULT_HTTP_PORT = 8100
 DEFAULT_GRPC_PORT = 8101
 DEFAULT_METRICS_PORT = 8102
+# The Python backend's per-instance regions; a killed tritonserver leaves them in /dev/shm (RAM) for good.
+SHM_DIRECTORY = pathlib.Path("/dev/shm")
+SHM_REGION_PREFIX = "triton_python_backend_shm_region_"
 
 
 class LauncherError(RuntimeError):
@@ -171,13 +178,23 @@ class TritonServer:
         raise LauncherError(f"model_control_mode must be poll, explicit or none, got {o.model_control_mode!r}")
 
     def start(self) -> TritonServer:
+        """Starts tritonserver in its own process group (so that :meth:`stop` reaches its stubs too).
+
+        The server is SIGKILLed when the calling *thread* ends (PDEATHSIG, see ``openpi_triton.processes``):
+        call this from a thread that lives as long as the server should (the main thread, or the thread of
+        the supervisor that waits for it).
+        """
         paths = TritonPaths.from_wheel()
         precompile_python_models(self.options.model_repository)
+        removed = remove_stale_shm_regions()
+        self.log_stream.write(
+            f"{self.log_prefix}removed {removed} stale Python-backend shared-memory region(s) from {SHM_DIRECTORY}\n"
+        )
         self._workdir = pathlib.Path(tempfile.mkdtemp(prefix="openpi-triton-server-"))
         backend_dir = build_backend_dir(paths, self._workdir / "backends")
         env = server_environment(paths)
         env.update(self.options.env)
-        self.process = subprocess.Popen(
+        self.process = spawn(
             self.command(backend_dir, paths),
             env=env,
             stdout=subprocess.PIPE,
@@ -199,23 +216,19 @@ class TritonServer:
             self.log_stream.flush()
 
     def wait_ready(self, models: Sequence[str] = (), timeout: float = 300.0) -> None:
-        """Waits until the server and ``models`` are ready; raises with the log tail if it dies or times out."""
-        import tritonclient.grpc as grpcclient
+        """Waits until the server and ``models`` are ready; raises with the log tail if it dies or times out.
 
-        client = grpcclient.InferenceServerClient(self.grpc_url)
+        Asks Triton's HTTP health endpoints: a fresh request each time, where a gRPC channel that met a server
+        not listening yet backs off for seconds before it tries again (a restart would be noticed late).
+        """
+        paths = ["/v2/health/live", *(f"/v2/models/{urllib.parse.quote(m)}/ready" for m in models)]
         deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                if self.process is None or self.process.poll() is not None:
-                    raise LauncherError(f"tritonserver exited during start-up:\n{self.log_tail()}")
-                try:
-                    if client.is_server_live() and all(client.is_model_ready(m) for m in models):
-                        return
-                except Exception:  # not listening yet
-                    pass
-                time.sleep(0.25)
-        finally:
-            client.close()
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise LauncherError(f"tritonserver exited during start-up:\n{self.log_tail()}")
+            if all(_http_ok(f"http://{self.http_url}{path}") for path in paths):
+                return
+            time.sleep(0.25)
         raise LauncherError(f"tritonserver not ready after {timeout:.0f} s (models {list(models)}):\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:
@@ -237,6 +250,8 @@ class TritonServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+            # Until they are gone they still map their regions, which the next start would have to keep.
+            _wait_until_group_gone(self.process.pid, timeout_s=5.0)
         if self._log_thread is not None:
             self._log_thread.join(timeout=5)
         if self._workdir is not None:
@@ -247,6 +262,104 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status == 200
+    except OSError:  # not listening yet, or 400 (not ready): urllib's HTTPError is an OSError
+        return False
+
+
+def _wait_until_group_gone(pgid: int, timeout_s: float) -> None:
+    """Until no live (non-zombie) process is left in process group ``pgid``, at most ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while _live_group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    members = []
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, the rest follows the last ")".
+            state, _ppid, pgrp = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(proc.name))
+    return members
+
+
+def remove_stale_shm_regions(directory: pathlib.Path = SHM_DIRECTORY, prefix: str = SHM_REGION_PREFIX) -> int:
+    """Deletes the Python backend's shared-memory files that no live process has open or mapped; returns how many.
+
+    Several tritonservers may share this host (and its /dev/shm): a region is only stale when no process holds
+    it, as an open file (``/proc/*/fd``) or a mapping (``/proc/*/maps``). The files are listed *before* the
+    processes are read, so a region created meanwhile is not a candidate, and a candidate's creator (which holds
+    it from its creation on: descriptor first, then mapping) is still there when its /proc entry is read. Age is
+    no sign of staleness: a region in use is written all the time, and one of a server killed a second ago is
+    already stale. Other users' files are left alone; processes whose /proc entries we may not read (other
+    users', unless root) cannot be seen, but cannot hold our files either unless we shared them.
+    """
+    candidates = []
+    for path in directory.glob(prefix + "*"):
+        try:
+            if path.stat().st_uid == os.geteuid():
+                candidates.append(path)
+        except FileNotFoundError:
+            continue
+    if not candidates:
+        return 0
+    in_use = _files_in_use(prefix)
+    removed = 0
+    for path in candidates:
+        if path.name in in_use:
+            continue
+        try:
+            path.unlink()
+            removed += 1
+        except OSError:  # removed by someone else meanwhile, or not ours to remove
+            continue
+    return removed
+
+
+def _files_in_use(prefix: str) -> set[str]:
+    """Names (not paths: a container sees the same file under its own root) of files starting with ``prefix``
+    that some process has open or mapped."""
+    names: set[str] = set()
+    for proc in pathlib.Path("/proc").iterdir():
+        if proc.name.isdigit():
+            names |= _held_by(proc, prefix)
+    return names
+
+
+def _held_by(proc: pathlib.Path, prefix: str) -> set[str]:
+    names = set()
+    try:
+        fds = list((proc / "fd").iterdir())
+    except OSError:  # exited meanwhile, or not ours to read
+        fds = []
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if prefix in target:
+            names.add(_file_name(target))
+    try:
+        with open(proc / "maps", errors="replace") as maps:
+            names.update(_file_name(line) for line in maps if prefix in line)
+    except OSError:
+        pass
+    return names
+
+
+def _file_name(path_or_maps_line: str) -> str:
+    return path_or_maps_line.rstrip("\n").removesuffix(" (deleted)").rsplit("/", 1)[-1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,9 @@ Tritons do) and reloads the model:
 A reload counts as done once the model is ready with live stubs again; until then the model is not judged
 healthy by readiness alone, and a reload without result is tried again after ``retry_after_s``.
 
+A restarted tritonserver has a new pid and new stubs: :meth:`StubWatchdog.follow` (``make serve``) or a pid
+file re-read before every check (``--triton-pid-file``, the docker entrypoint) moves the watchdog onto it.
+
 Run beside a tritonserver: ``make serve`` and the docker entrypoint do; by hand,
 ``python -m openpi_triton.triton.watchdog --url 127.0.0.1:8101 --triton-pid <pid> --repository model_repository``.
 """
@@ -53,6 +56,9 @@ class WatchdogOptions:
     # A reload that has not made the model ready by then is tried again (loading a checkpoint and
     # compiling every batch bucket takes minutes on a GPU).
     retry_after_s: float = 600.0
+    # A file holding the current tritonserver pid, re-read before every check (a supervisor that restarts
+    # tritonserver rewrites it); a pid written there replaces ``triton_pid``.
+    triton_pid_file: pathlib.Path | None = None
 
 
 class StubWatchdog:
@@ -66,6 +72,16 @@ class StubWatchdog:
         self._reloading: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stub-watchdog", daemon=True)
+        self._next_pid: int | None = None  # set by follow(), taken up by the watchdog's thread
+        self._file_pid: int | None = None  # the pid last read from triton_pid_file
+
+    def follow(self, triton_pid: int) -> None:
+        """Watches the stubs of a new tritonserver ``triton_pid`` from the next check on (after a restart).
+
+        Call it as soon as the new server is spawned, before it listens: a check that saw the old server's
+        stubs missing on a live server would reload every model for nothing.
+        """
+        self._next_pid = triton_pid
 
     def watched_stubs(self, model: str) -> set[str]:
         """The stub instances of ``model`` seen alive so far: a stub that dies before it was ever seen is
@@ -78,7 +94,8 @@ class StubWatchdog:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=10)
 
     def _run(self) -> None:
         import tritonclient.grpc as grpcclient
@@ -87,6 +104,7 @@ class StubWatchdog:
         failures = 0
         try:
             while not self._stop.wait(self.options.interval_s):
+                self._take_up_new_pid()
                 try:
                     self.check_once(client)
                     failures = 0
@@ -99,6 +117,22 @@ class StubWatchdog:
                     client = grpcclient.InferenceServerClient(self.options.grpc_url)
         finally:
             client.close()
+
+    def _take_up_new_pid(self) -> None:
+        pid, self._next_pid = self._next_pid, None
+        if self.options.triton_pid_file is not None:
+            from_file = _read_pid(self.options.triton_pid_file)
+            if from_file is not None and from_file != self._file_pid:  # rewritten: a new server
+                self._file_pid = pid = from_file
+        if pid is None or pid == self.options.triton_pid:
+            return
+        if self.options.triton_pid is not None:
+            logger.warning("tritonserver is now pid %d (was %d): watching its stubs", pid, self.options.triton_pid)
+        self.options = dataclasses.replace(self.options, triton_pid=pid)
+        # The old server's stubs, reloads and retries meant nothing for the new one.
+        self._seen.clear()
+        self._pending.clear()
+        self._reloading.clear()
 
     def check_once(self, client: grpcclient.InferenceServerClient) -> None:
         """One pass: reloads every loaded model that cannot serve (recorded in :attr:`reloads`)."""
@@ -178,6 +212,13 @@ class StubWatchdog:
         logger.warning("model '%s' still READY %.0f s after its unload: loading it anyway", name, timeout_s)
 
 
+def _read_pid(path: pathlib.Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):  # not written yet, or being rewritten
+        return None
+
+
 def _model_index(client: grpcclient.InferenceServerClient) -> list[dict]:
     return client.get_model_repository_index(as_json=True, client_timeout=QUERY_TIMEOUT_S).get("models", [])
 
@@ -212,11 +253,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="127.0.0.1:8101", help="Triton gRPC address")
     parser.add_argument("--triton-pid", type=int, help="the tritonserver process id (detects dead stubs)")
+    parser.add_argument(
+        "--triton-pid-file", type=pathlib.Path, help="file with the current tritonserver pid (re-read every check)"
+    )
     parser.add_argument("--repository", type=pathlib.Path, help="the model repository (needed in poll mode)")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between checks")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[watchdog] %(message)s", stream=sys.stderr)
-    watchdog = StubWatchdog(WatchdogOptions(args.url, args.triton_pid, args.repository, args.interval)).start()
+    options = WatchdogOptions(
+        args.url, args.triton_pid, args.repository, args.interval, triton_pid_file=args.triton_pid_file
+    )
+    watchdog = StubWatchdog(options).start()
     try:
         while True:
             time.sleep(3600)
