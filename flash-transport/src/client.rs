@@ -41,6 +41,9 @@ pub struct ClientArgs {
     pub token: quic::TokenOptions,
 }
 
+/// How long shutting down may wait for an in-flight request and the QUIC close.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What the client reads from the server's metadata (unknown keys ignored).
 #[derive(Debug, Default, Deserialize)]
 struct ServerMetadata {
@@ -211,8 +214,13 @@ pub async fn run(args: ClientArgs, parent: ParentWatch) -> Result<()> {
             }
         }
     }
-    upstream.lock().await.close().await;
     let _ = std::fs::remove_file(&args.local_socket_path);
+    // A request in flight holds the link until its reply (up to the idle timeout): the close is bounded so a
+    // dead parent's sidecar is gone quickly either way (without it, the server notices at its idle timeout).
+    let close = async { upstream.lock().await.close().await };
+    if tokio::time::timeout(SHUTDOWN_GRACE, close).await.is_err() {
+        warn!("the QUIC connection did not close within {SHUTDOWN_GRACE:?}: exiting anyway");
+    }
     Ok(())
 }
 
