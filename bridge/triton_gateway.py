@@ -206,6 +206,22 @@ def build_inputs(
     return arrays
 
 
+def _fill_tensors(arrays: list[tuple[InputSpec, np.ndarray]], region: Region | None) -> list[Any]:
+    """gRPC inputs: images copied into ``region`` when there is one, everything else serialised (copies that
+    grow with the images, so they run off the event loop)."""
+    tensors, offset = [], 0
+    for spec, array in arrays:
+        tensor = grpcaio.InferInput(spec.name, list(array.shape), spec.datatype)
+        if region is not None and spec.datatype == "UINT8":
+            region.write(array, offset)
+            tensor.set_shared_memory(region.name, array.nbytes, offset)
+            offset += array.nbytes
+        else:
+            tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
+
+
 def is_local(url: str) -> bool:
     host = url.rsplit(":", 1)[0].strip("[]")
     return host in ("127.0.0.1", "localhost", "::1")
@@ -335,17 +351,7 @@ class TritonGateway:
     ) -> tuple[list[Any], Region | None]:
         images = [a for spec, a in arrays if spec.datatype == "UINT8"]
         region = await self._region_for(endpoint, images)
-        tensors, offset = [], 0
-        for spec, array in arrays:
-            tensor = grpcaio.InferInput(spec.name, list(array.shape), spec.datatype)
-            if region is not None and spec.datatype == "UINT8":
-                region.write(array, offset)
-                tensor.set_shared_memory(region.name, array.nbytes, offset)
-                offset += array.nbytes
-            else:
-                tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
-        return tensors, region
+        return await offload.run(_fill_tensors, arrays, region), region
 
     async def describe(self, model: str) -> ModelInterface:
         cached = self._interfaces.get(model)

@@ -57,6 +57,8 @@ def triton_server(
     repo = tmp_path_factory.mktemp("model-repository")
     for name in ("action", "planner", "combined_ensemble"):
         copy_model(repo, name, name)
+    # Its planner never answers in time: the path a failing planner takes.
+    copy_model(repo, "combined_ensemble", "combined_impatient", {"planner_timeout_ms": "1"})
     copy_model(
         repo,
         "action",
@@ -74,7 +76,9 @@ def triton_server(
     )
     server.start()
     try:
-        server.wait_ready(["action", "planner", "combined_ensemble", "golden_action"], timeout=600)
+        server.wait_ready(
+            ["action", "planner", "combined_ensemble", "combined_impatient", "golden_action"], timeout=600
+        )
         yield server
     finally:
         server.stop()

@@ -120,16 +120,24 @@ def test_combined_default_runs_the_action_on_the_spliced_prompt(client: grpcclie
     np.testing.assert_array_equal(combined.as_numpy("actions"), direct.as_numpy("actions"))
 
 
-def test_planner_failure_still_returns_actions_with_an_empty_subtask(client: grpcclient.InferenceServerClient) -> None:
-    # A per-call prompt format without {task} makes the planner reject the request.
-    result = client.infer(
-        "combined_ensemble",
-        infer_inputs(aloha_obs(7), {"generation_prompt_format": "no placeholder", "noise": noise(7)}),
-    )
+def test_planner_failure_still_returns_actions_with_an_empty_subtask(
+    triton_server: TritonServer, client: grpcclient.InferenceServerClient
+) -> None:
+    # combined_impatient gives its planner 1 ms: the call fails by deadline, the action still runs.
+    result = client.infer("combined_impatient", infer_inputs(aloha_obs(7), {"noise": noise(7)}))
     assert result.as_numpy("subtask")[0, 0] == b""
     assert result.as_numpy("subtask_ms")[0, 0] == 0.0
     direct = client.infer("action", infer_inputs(aloha_obs(7), {"noise": noise(7)}))
     np.testing.assert_array_equal(result.as_numpy("actions"), direct.as_numpy("actions"))
+    url = f"http://127.0.0.1:{triton_server.options.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    assert 'openpi_planner_failures_total{model="combined_impatient"} 1' in text
+
+
+def test_a_bad_prompt_format_is_the_clients_mistake(client: grpcclient.InferenceServerClient) -> None:
+    for mode in ("default", "subtask_only"):
+        inputs = infer_inputs(aloha_obs(7), {"generation_prompt_format": "no placeholder", "mode": mode})
+        _expect_invalid(client, "combined_ensemble", inputs, "generation_prompt_format", "{task}")
 
 
 def _stats(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
@@ -187,6 +195,10 @@ def test_bad_requests_get_invalid_arg_naming_the_tensor(client: grpcclient.Infer
     _expect_invalid(client, "action", infer_inputs(dict(obs, prompt=b"\xff\xfe")), "prompt", "UTF-8")
     _expect_invalid(client, "action", infer_inputs(dict(obs, state=np.full(14, np.nan))), "state", "finite")
     _expect_invalid(client, "combined_ensemble", infer_inputs(obs, {"mode": "bogus"}), "mode", "bogus")
+    # A robot mistake found by the action model stays INVALID_ARG through the BLS, in every mode that acts.
+    for mode in ("action_only", "default"):
+        nan_state = infer_inputs(dict(obs, state=np.full(14, np.nan)), {"mode": mode})
+        _expect_invalid(client, "combined_ensemble", nan_state, "state", "finite")
     images = dict(obs["images"], cam_high=np.zeros((224, 224, 3), np.uint8))
     _expect_invalid(client, "action", infer_inputs(dict(obs, images=images)), "images.cam_high")
 

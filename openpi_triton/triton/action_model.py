@@ -115,7 +115,7 @@ class ActionModel:
                 backend.logger.exception("action inference failed for a batch of %d", len(flat))
                 for index, _ in batches:
                     responses[index] = backend.internal(f"action inference failed: {type(exc).__name__}: {exc}")
-                return responses
+                return backend.tag_error_codes(requests, responses)
             ms = (time.perf_counter() - start) * 1000.0
             self.metrics.observe(len(flat), ms)
             row = 0
@@ -138,7 +138,7 @@ class ActionModel:
                         backend.float_tensor(io_spec.POLICY_INFER_MS, [[ms]] * len(items)),
                     ]
                 )
-        return responses
+        return backend.tag_error_codes(requests, responses)
 
     def _prepare(self, row: dict[str, Any]) -> Any:
         noise = row.get(io_spec.NOISE)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -39,6 +40,49 @@ def invalid(message: str) -> Any:
 
 def internal(message: str) -> Any:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
+
+
+# Triton 2.51's BLS hands a child model's error back with code INTERNAL whatever the child set (Triton issue
+# 7804), so a robot's mistake found by ``action`` would reach the robot as INTERNAL through the ensemble. The
+# BLS therefore asks its children (a request parameter) to repeat the code at the end of the message, and
+# strips it again: direct clients never see the tag.
+ERROR_CODE_PARAMETER = "openpi_error_code_in_message"
+_CODE_NAMES = ("INVALID_ARG", "INTERNAL", "UNAVAILABLE", "NOT_FOUND", "UNSUPPORTED", "ALREADY_EXISTS", "CANCELLED")
+_CODE_TAG = re.compile(r" \[triton code ([A-Z_]+)\]$")
+
+
+def _wants_code_tag(request: Any) -> bool:
+    try:
+        return bool(json.loads(request.parameters() or "{}").get(ERROR_CODE_PARAMETER))
+    except (AttributeError, ValueError):
+        return False
+
+
+def tag_error_codes(requests: Sequence[Any], responses: list[Any]) -> list[Any]:
+    """Error responses to requests that asked for it carry their code at the end of the message."""
+    for index, (request, response) in enumerate(zip(requests, responses, strict=True)):
+        if response is None or not response.has_error() or not _wants_code_tag(request):
+            continue
+        error = response.error()
+        name = next((n for n in _CODE_NAMES if error.code() == getattr(pb_utils.TritonError, n)), "INTERNAL")
+        responses[index] = pb_utils.InferenceResponse(
+            error=pb_utils.TritonError(f"{error.message()} [triton code {name}]", error.code())
+        )
+    return responses
+
+
+def child_error(response: Any) -> Any:
+    """A BLS child's error with its real code restored from the tag (INTERNAL when untagged, e.g. Triton's own)."""
+    message = response.error().message()
+    match = _CODE_TAG.search(message)
+    if match is None:
+        return pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL)
+    code = getattr(pb_utils.TritonError, match.group(1), pb_utils.TritonError.INTERNAL)
+    return pb_utils.TritonError(message[: match.start()], code)
+
+
+def is_invalid_argument(error: Any) -> bool:
+    return bool(error.code() == pb_utils.TritonError.INVALID_ARG)
 
 
 def add_io(config: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> Any:

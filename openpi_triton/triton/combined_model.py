@@ -5,7 +5,8 @@
 - ``subtask_only``: planner only. Outputs: subtask, subtask_ms.
 - ``action_only``: action with the original inputs. Outputs: actions, policy_infer_ms.
 
-A planner failure never fails the request: the subtask is ``""`` with ``0.0`` ms and the action runs with
+A planner failure never fails the request (unless the planner found the robot's own input invalid: that is
+the robot's INVALID_ARG, as from the action model): the subtask is ``""`` with ``0.0`` ms and the action runs with
 the original prompt (openpi-flash's rule). A planner call that takes longer than ``planner_timeout_ms``
 counts as failed; every failure is logged and counted (``openpi_planner_failures_total``). An unknown
 mode is ``INVALID_ARG`` (openpi-flash silently falls back to default). ``execute`` is a coroutine that
@@ -44,6 +45,14 @@ def read_mode(request: Any) -> str:
     return modes.pop()
 
 
+class RobotInputError(Exception):
+    """A child model found the robot's input invalid (INVALID_ARG): the request fails with that error."""
+
+    def __init__(self, error: Any) -> None:
+        super().__init__(error.message())
+        self.error = error
+
+
 class CombinedModel:
     @staticmethod
     def auto_complete_config(auto_complete_model_config: Any) -> Any:
@@ -72,7 +81,10 @@ class CombinedModel:
             return backend.invalid(str(exc))
         subtask = None
         if mode in ("default", "subtask_only"):
-            subtask = await self._plan(request, rows)
+            try:
+                subtask = await self._plan(request, rows)
+            except RobotInputError as mistake:  # the robot's own input: an error, not a missing subtask
+                return pb_utils.InferenceResponse(error=mistake.error)
             if mode == "subtask_only":
                 texts, ms, _ = subtask
                 return pb_utils.InferenceResponse(
@@ -83,8 +95,7 @@ class CombinedModel:
             self.params.action_model, request, self.action_inputs, ACTION_OUTPUTS, prompt_override
         )
         if action.has_error():
-            error = action.error()
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(error.message(), error.code()))
+            return pb_utils.InferenceResponse(error=backend.child_error(action))
         outputs = [pb_utils.get_output_tensor_by_name(action, name) for name in ACTION_OUTPUTS]
         if subtask is not None:
             texts, ms, _ = subtask
@@ -99,7 +110,10 @@ class CombinedModel:
                 timeout=self.params.planner_timeout_ms / 1000.0,
             )
             if result.has_error():
-                raise RuntimeError(result.error().message())
+                error = backend.child_error(result)
+                if backend.is_invalid_argument(error):
+                    raise RobotInputError(error)
+                raise RuntimeError(error.message())
             texts = backend.decode_strings(
                 pb_utils.get_output_tensor_by_name(result, io_spec.SUBTASK).as_numpy(), io_spec.SUBTASK
             )
@@ -108,6 +122,8 @@ class CombinedModel:
                 pb_utils.get_output_tensor_by_name(result, io_spec.ACTION_PROMPT).as_numpy(), io_spec.ACTION_PROMPT
             )
             return texts, ms, prompts
+        except RobotInputError:
+            raise
         except Exception as exc:  # openpi-flash: planner failures are logged, never fatal to the action
             reason = f"no answer within {self.params.planner_timeout_ms} ms" if isinstance(exc, TimeoutError) else exc
             backend.logger.warning("planner failed, continuing without a subtask: %s", reason)
@@ -125,5 +141,10 @@ class CombinedModel:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is not None:
                 inputs.append(pb_utils.Tensor(name, np.asarray(tensor.as_numpy())))
-        child = pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=outputs)
+        child = pb_utils.InferenceRequest(
+            model_name=model,
+            inputs=inputs,
+            requested_output_names=outputs,
+            parameters={backend.ERROR_CODE_PARAMETER: True},
+        )
         return await child.async_exec()

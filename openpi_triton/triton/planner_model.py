@@ -63,7 +63,7 @@ class PlannerModel:
                 responses[index] = backend.invalid(str(exc))
         flat = [item for _, _, items in batches for item in items]
         if not flat:
-            return responses
+            return backend.tag_error_codes(requests, responses)
         start = time.perf_counter()
         try:
             subtasks = self.planner.generate_batch(flat)
@@ -71,7 +71,7 @@ class PlannerModel:
             backend.logger.exception("subtask generation failed for a batch of %d", len(flat))
             for index, _, _ in batches:
                 responses[index] = backend.internal(f"subtask generation failed: {type(exc).__name__}: {exc}")
-            return responses
+            return backend.tag_error_codes(requests, responses)
         ms = (time.perf_counter() - start) * 1000.0
         self.metrics.observe(len(flat), ms)
         row = 0
@@ -89,4 +89,4 @@ class PlannerModel:
                     ),
                 ]
             )
-        return responses
+        return backend.tag_error_codes(requests, responses)
