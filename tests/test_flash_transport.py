@@ -22,6 +22,21 @@ from tests.conftest import BridgeProcess
 from tests.triton_helpers import free_udp_port
 
 
+def wait_udp_bound(port: int, timeout: float = 30.0) -> None:
+    """Blocks until a socket is bound to UDP ``port``: the sidecar's QUIC endpoint exists (packets sent to it
+    from then on are queued and served), so a robot may connect."""
+    suffix = f":{port:04X}"
+    deadline = time.monotonic() + timeout
+    while True:
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            rows = pathlib.Path(table).read_text().splitlines()[1:] if os.path.exists(table) else []
+            if any(row.split()[1].endswith(suffix) for row in rows):
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing bound UDP port {port} within {timeout} s")
+        time.sleep(0.05)
+
+
 def aloha_obs(seed: int, **extra: object) -> dict:
     obs = EMBODIMENTS["aloha"].example(np.random.default_rng(seed), "fold the towel")
     noise = np.random.default_rng(900 + seed).standard_normal((50, 32)).astype(np.float32)
@@ -32,7 +47,7 @@ def aloha_obs(seed: int, **extra: object) -> dict:
 def quic_server(bridge: BridgeProcess) -> Iterator[SidecarSupervisor]:
     port = free_udp_port()
     supervisor = SidecarSupervisor("action", port, bridge.action_socket).start()
-    time.sleep(1.0)
+    wait_udp_bound(port)
     supervisor.port = port  # type: ignore[attr-defined]
     yield supervisor
     supervisor.stop()
@@ -112,7 +127,8 @@ def test_quic_token_is_opt_in_and_enforced(bridge: BridgeProcess) -> None:
     open_port, closed_port = free_udp_port(), free_udp_port()
     open_server = start_server(open_port, bridge.action_socket)
     closed_server = start_server(closed_port, bridge.action_socket, token="fleet-secret")
-    time.sleep(1.0)
+    wait_udp_bound(open_port)
+    wait_udp_bound(closed_port)
     try:
         # Without a server token, a client token is ignored (openpi-flash's server ignores the body too).
         policy = FlashTransportPolicy("127.0.0.1", port=open_port, local_port=0, auth_token="anything")
@@ -169,7 +185,7 @@ def test_server_notices_a_closing_client_at_once_and_serves_ipv6(bridge: BridgeP
             stderr=subprocess.STDOUT,
         )
     try:
-        time.sleep(1.0)
+        wait_udp_bound(port)
         policy = FlashTransportPolicy("::1", port=port, local_port=0)  # IPv6 loopback
         assert policy.infer(aloha_obs(5))["actions"].shape == (50, 14)
         policy.close()
@@ -186,7 +202,7 @@ def test_supervisor_restarts_a_crashed_sidecar_and_a_connected_robot_recovers(br
     port = free_udp_port()
     supervisor = SidecarSupervisor("action", port, bridge.action_socket).start()
     try:
-        time.sleep(1.0)
+        wait_udp_bound(port)
         robot = FlashTransportPolicy("127.0.0.1", port=port, local_port=0)
         try:
             assert robot.infer(aloha_obs(6))["actions"].shape == (50, 14)
@@ -196,7 +212,7 @@ def test_supervisor_restarts_a_crashed_sidecar_and_a_connected_robot_recovers(br
             while supervisor.restarts == 0 and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert supervisor.restarts == 1
-            time.sleep(1.0)
+            wait_udp_bound(port)
             # The restarted server does not know the old connection: the robot's next request fails with a
             # clear error once the QUIC idle timeout (10 s) declares it dead, and the one after reconnects.
             started = time.monotonic()

@@ -259,7 +259,7 @@ def test_a_sidecar_exits_by_itself_when_its_parent_is_killed(
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         started = time.monotonic()
-        while not is_gone(child_pid) and time.monotonic() - started < 5:
+        while not is_gone(child_pid) and time.monotonic() - started < 8:  # poll 250 ms + a bounded close
             time.sleep(0.05)
         assert is_gone(child_pid), f"the {mode} sidecar outlived its parent:\n{log.read_text()}"
         assert "went away" in log.read_text()

@@ -185,7 +185,7 @@ async fn oversized_handshakes_are_refused_at_once_and_cost_no_memory() {
     for (text, elapsed) in attempts.join_all().await {
         let text = String::from_utf8(text).unwrap();
         assert!(text.contains("exceeds the limit of 4096 bytes"), "{text}");
-        assert!(elapsed < Duration::from_secs(3), "refused after {elapsed:?}");
+        assert!(elapsed < Duration::from_secs(5), "refused after {elapsed:?}");
     }
     let peak_after = server.rss_kib("VmHWM:");
     eprintln!("server peak RSS: {peak_before} KiB before, {peak_after} KiB after 20 oversized handshakes");
@@ -209,13 +209,13 @@ async fn a_client_that_never_finishes_its_handshake_is_closed_after_the_timeout(
     // Connected, but no stream opened (nothing sent): closed with the timeout as the reason.
     let started = Instant::now();
     let silent = connect(&endpoint, server.port).await.unwrap();
-    let reason = tokio::time::timeout(Duration::from_secs(5), silent.closed()).await.expect("still open");
+    let reason = tokio::time::timeout(Duration::from_secs(8), silent.closed()).await.expect("still open");
     let elapsed = started.elapsed();
     assert!(
         matches!(&reason, quinn::ConnectionError::ApplicationClosed(close) if String::from_utf8_lossy(&close.reason).contains("handshake timeout")),
         "{reason}"
     );
-    assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4), "closed after {elapsed:?}");
+    assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(6), "closed after {elapsed:?}");
 
     // Half a handshake frame, then silence: an error frame, then the close.
     let started = Instant::now();
@@ -224,14 +224,14 @@ async fn a_client_that_never_finishes_its_handshake_is_closed_after_the_timeout(
         let (mut send, mut recv) = connection.open_bi().await.unwrap();
         send.write_all(&[0, 0, 0, 100, link::DATA, 1, 2, 3]).await.unwrap();
         send.flush().await.unwrap();
-        let reply = tokio::time::timeout(Duration::from_secs(5), read_message(&mut recv, 1 << 20)).await;
+        let reply = tokio::time::timeout(Duration::from_secs(8), read_message(&mut recv, 1 << 20)).await;
         let (reply_kind, text) = reply.expect("no answer").unwrap().unwrap();
         assert_eq!(reply_kind, link::ERROR);
-        tokio::time::timeout(Duration::from_secs(5), connection.closed()).await.expect("still open");
+        tokio::time::timeout(Duration::from_secs(8), connection.closed()).await.expect("still open");
         (String::from_utf8(text).unwrap(), started.elapsed())
     };
     assert!(text.contains("handshake timeout"), "{text}");
-    assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4), "closed after {elapsed:?}");
+    assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(6), "closed after {elapsed:?}");
     assert_eq!(backend.connections.load(Ordering::SeqCst), 0);
 }
 
@@ -251,7 +251,7 @@ async fn connections_beyond_the_limit_are_refused_while_a_robot_keeps_its_answer
                 if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED),
             "{refused}"
         );
-        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(started.elapsed() < Duration::from_secs(5), "refused after {:?}", started.elapsed());
         robot.infer().await;
     }
     assert_eq!(backend.connections.load(Ordering::SeqCst), 2, "refused connections must not reach the bridge");
