@@ -75,5 +75,13 @@ perf-fleet: venv default-model flash-transport-release
 soak: venv default-model flash-transport
 	$(PY) -m perf.soak --robots 16 --duration 300
 
+# Adversarial run: a fresh stack (`make serve`'s, with an API key and a QUIC token), a WebSocket and a QUIC witness
+# robot calling throughout, every attack of perf/attack_cases.py (loopback only, bounded); one line per attack,
+# exit 1 if a witness saw a wrong answer, an error or a stall. Report in perf/results/attack-<timestamp>/attack.json.
+# `make test` runs the --short subset (tests/test_attack_short.py).
+.PHONY: attack
+attack: venv default-model flash-transport
+	$(PY) -m perf.attack
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -20,8 +20,9 @@ Rules, per attack (any broken rule fails the attack, and the run exits 1):
 - fault attacks: witnesses may see errors, then must answer right again by themselves (3 in a row each)
   within ``--recovery`` seconds (default 180: Triton's restart includes loading and warming every model);
 - memory: bridge peak RSS during the attack <= 4 x N + 32 MiB, N the largest message the attacker sent
-  (``Attack.frame_bytes``; decoding amplification); afterwards (lowest sample of a 2 s settle) every part
-  (bridge, triton = server + stubs, quic = both sidecars) within 32 MiB of its RSS before and within 8 fds.
+  (``Attack.frame_bytes``; decoding amplification); afterwards every part (bridge, triton = server + stubs,
+  quic = both sidecars) back within 32 MiB of its RSS before and within 8 fds (lowest sample of a settle of
+  2 s, extended up to 15 s while a part is above: memory given back a few seconds later is not kept).
 
 Besides, ``decode-cost`` (``perf.decode_cost``): peak memory of decoding hostile and benign frames of 1 KiB ..
 32 MiB (``--short``: up to 8 MiB) in a subprocess, each <= 4 x N + 2 MiB. It runs while the stack starts.
@@ -50,7 +51,7 @@ if __package__ in (None, ""):  # `python perf/attack.py`: make the repository im
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from perf import attack_quic, decode_cost
-from perf.attack_cases import MiB, Attack, Context, Observation, Sampler, catalog
+from perf.attack_cases import Attack, Context, MiB, Observation, Sampler, catalog
 from perf.attack_stack import (
     PARTS,
     Stack,
@@ -63,13 +64,14 @@ from perf.attack_stack import (
     wait_ready,
 )
 from perf.attack_witness import Call, WitnessFleet, WitnessSpec
+from perf.soak import _cmdline
 
 RESULTS_ROOT = pathlib.Path(__file__).resolve().parent / "results"
 CONFIG_NAME = "pi05_aloha"  # the embedded default model that `make serve` serves
 LATENCY_FACTOR, LATENCY_FLOOR_MS = 3.0, 50.0
 PEAK_FACTOR, PEAK_SLACK = 4.0, 32 * MiB
 RETAINED_RSS, RETAINED_FDS = 32 * MiB, 8
-MIN_WINDOW_S, SETTLE_S = 2.0, 2.0
+MIN_WINDOW_S, SETTLE_S, MAX_SETTLE_S = 2.0, 2.0, 15.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +160,8 @@ def witness_stats(calls: list[Call], p99: dict[str, float]) -> dict[str, Witness
 
 
 def judge(attack: Attack, result: AttackResult) -> list[str]:
-    failures = [] if result.attacker_ok else ["attacker saw something other than expected"]
+    why = result.details.get("why") or "observed is not the expected"
+    failures = [] if result.attacker_ok else [f"attacker: {why}"]
     for name, w in result.witnesses.items():
         if w.wrong:
             failures.append(f"witness {name}: {w.wrong} wrong answers")
@@ -174,9 +177,14 @@ def judge(attack: Attack, result: AttackResult) -> list[str]:
     grown = result.bridge_peak_rss - result.before.rss.get("bridge", 0)
     if grown > peak_limit:
         failures.append(f"bridge peak RSS +{grown / MiB:.0f} MiB > {peak_limit / MiB:.0f} MiB")
+    return failures + retained_failures(result.before, result.after)
+
+
+def retained_failures(before: Usage, after: Usage) -> list[str]:
+    failures = []
     for part in PARTS:
-        rss = result.after.rss.get(part, 0) - result.before.rss.get(part, 0)
-        fds = result.after.fds.get(part, 0) - result.before.fds.get(part, 0)
+        rss = after.rss.get(part, 0) - before.rss.get(part, 0)
+        fds = after.fds.get(part, 0) - before.fds.get(part, 0)
         if rss > RETAINED_RSS:
             failures.append(f"{part} kept +{rss / MiB:.0f} MiB")
         if fds > RETAINED_FDS:
@@ -184,23 +192,28 @@ def judge(attack: Attack, result: AttackResult) -> list[str]:
     return failures
 
 
-def settled_usage(sampler: Sampler, seconds: float) -> Usage:
-    """The lowest RSS and fds of each part over ``seconds``: what stays, not what is still being freed."""
-    samples = []
-    deadline = time.monotonic() + seconds
+def settled_usage(sampler: Sampler, before: Usage | None, min_s: float, max_s: float) -> Usage:
+    """The lowest RSS and fds of each part since the settle began: what stays, not what is still being freed.
+
+    At least ``min_s``; up to ``max_s`` while a part is still above the retained limits (memory that a process
+    gives back a few seconds later, e.g. a large frame buffer dropped with its connection, is not retained)."""
+    began = time.monotonic()
+    lowest = sampler.now()
     while True:
-        samples.append(sampler.now())
-        if time.monotonic() >= deadline:
-            break
+        elapsed = time.monotonic() - began
+        settled = before is None or not retained_failures(before, lowest)
+        if elapsed >= max_s or (elapsed >= min_s and settled):
+            return lowest
         time.sleep(0.25)  # sampling interval
-    return Usage({p: min(s.rss.get(p, 0) for s in samples) for p in PARTS},
-                 {p: min(s.fds.get(p, 0) for s in samples) for p in PARTS})  # fmt: skip
+        sample = sampler.now()
+        lowest = Usage({p: min(lowest.rss.get(p, 0), sample.rss.get(p, 0)) for p in PARTS},
+                       {p: min(lowest.fds.get(p, 0), sample.fds.get(p, 0)) for p in PARTS})  # fmt: skip
 
 
 def run_attack(attack: Attack, ctx: Context, p99: dict[str, float]) -> AttackResult:
-    if not ctx.stack.alive() and attack.name != "kill-9-stack":
+    if not ctx.stack.alive():
         return skipped(attack, "FAIL", f"not run: the stack is down (exit {ctx.stack.process.returncode})")
-    before = settled_usage(ctx.sampler, 0.0)
+    before = ctx.sampler.now()
     ctx.sampler.reset()
     began = time.monotonic()
     try:
@@ -212,7 +225,9 @@ def run_attack(attack: Attack, ctx: Context, p99: dict[str, float]) -> AttackRes
     if ended - began < MIN_WINDOW_S:  # a quick attack still gets witness calls around it
         time.sleep(MIN_WINDOW_S - (ended - began))
     peak = ctx.sampler.peaks().get("bridge", 0)
-    after = settled_usage(ctx.sampler, SETTLE_S) if ctx.stack.alive() and not attack.final else None
+    after = None
+    if ctx.stack.alive() and not attack.final:
+        after = settled_usage(ctx.sampler, before, SETTLE_S, MAX_SETTLE_S)
     window_end = time.monotonic()
     ctx.fleet.wait_for_calls_after(window_end, timeout_s=15)
     result = AttackResult(
@@ -259,7 +274,8 @@ def table_line(r: AttackResult) -> str:
     worst = max(r.witnesses.values(), key=lambda w: w.max_ms / w.limit_ms, default=None)
     latency = f"{worst.max_ms:.0f}/{worst.limit_ms:.0f}" if worst else "-"
     return (
-        f"{_cut(r.name, 29):29} {_cut(r.expected, 44):44} {_cut(r.observed, 60):60} {errors if r.witnesses else '-':>4} "
+        f"{_cut(r.name, 29):29} {_cut(r.expected, 44):44} {_cut(r.observed, 60):60} "
+        f"{errors if r.witnesses else '-':>4} "
         f"{latency:>10} {_usage_cell(r, 'bridge'):>15} {_usage_cell(r, 'triton'):>17} {_usage_cell(r, 'quic'):>13} "
         f"{r.verdict}"
     )
@@ -334,7 +350,9 @@ def shutdown(stack: Stack, fleet: WitnessFleet | None, sampler: Sampler | None) 
     if sampler is not None:
         sampler.stop()
     known = find_processes(stack.process.pid).all_pids if stack.alive() else []
-    left = stop_stack(stack) + kill_leftovers(known)
+    if sampler is not None:  # also what an earlier stack death left behind, if the pid is still that process
+        known += [pid for pid, argv in sampler.seen.items() if argv and _cmdline(pid) == argv]
+    left = stop_stack(stack) + kill_leftovers(sorted(set(known)))
     if left:
         print(f"[attack] killed {len(left)} leftover stack processes: {left}", flush=True)
     cleanup_workdir(stack)
@@ -346,7 +364,7 @@ def write_report(rows: list[AttackResult], options: Options, results: pathlib.Pa
         "rules": {
             "latency": f"witness max <= {LATENCY_FACTOR:g} x quiet p99 + {LATENCY_FLOOR_MS:g} ms (non-fault)",
             "peak": f"bridge peak RSS growth <= {PEAK_FACTOR:g} x N + {PEAK_SLACK // MiB} MiB",
-            "retained": f"each part within {RETAINED_RSS // MiB} MiB and {RETAINED_FDS} fds after a {SETTLE_S:g} s settle",
+            "retained": f"each part within {RETAINED_RSS // MiB} MiB and {RETAINED_FDS} fds within {MAX_SETTLE_S:g} s",
             "fault": f"right answers again within {options.recovery_s:g} s",
             "decode": f"peak <= {decode_cost.AMPLIFICATION_LIMIT:g} x N + {decode_cost.SLACK_BYTES // MiB} MiB",
         },

@@ -40,12 +40,13 @@ from perf.attack_clients import (
     websocket_attack,
 )
 from perf.attack_stack import Stack, StackProcesses, Usage, find_processes, pid_alive, usage
-from perf.attack_witness import WitnessFleet, Witness, WitnessSpec
+from perf.attack_witness import Witness, WitnessFleet, WitnessSpec
 from perf.decode_cost import (
     local_frame_json_arrays,
     msgpack_empty_arrays,
     msgpack_empty_maps,
 )
+from perf.soak import _cmdline
 
 MiB = 2**20
 # Defaults of the bridge's `limits` / `admin` config (the stack runs with defaults; see the module docstring).
@@ -73,6 +74,8 @@ class Sampler:
         self.stack_pid = stack_pid
         self.period_s = period_s
         self.processes: StackProcesses = find_processes(stack_pid)
+        self.seen: dict[int, list[str]] = {}
+        self.remember(self.processes)
         self.peak: dict[str, int] = {}
         self.latest: Usage = usage(self.processes)
         self._lock = threading.Lock()
@@ -89,12 +92,18 @@ class Sampler:
             now = time.monotonic()
             if now - refreshed > 1.0:
                 self.processes = find_processes(self.stack_pid)
+                self.remember(self.processes)
                 refreshed = now
             sample = usage(self.processes)
             with self._lock:
                 self.latest = sample
                 for part, value in sample.rss.items():
                     self.peak[part] = max(self.peak.get(part, 0), value)
+
+    def remember(self, processes: StackProcesses) -> None:
+        """Every process the stack ever had, with its command line (to clean up what outlives the stack)."""
+        for pid in processes.all_pids:
+            self.seen.setdefault(pid, _cmdline(pid))
 
     def reset(self) -> None:
         with self._lock:
@@ -159,20 +168,31 @@ def _packb(obs: dict[str, Any]) -> bytes:
     return msgpack_numpy.packb(obs)
 
 
-def _names_limit(outcome: Outcome, *words: str) -> bool:
-    """An error text frame that names every one of ``words``, then close 1011."""
-    text = outcome.error_text
-    return bool(text) and all(w in text for w in words) and outcome.close_code == 1011 and not outcome.binary_reply
-
-
 def _clean(text: str) -> bool:
     return not any(w in text for w in INTERNAL_WORDS)
 
 
+def _why_not(outcome: Outcome, words: tuple[str, ...]) -> str:
+    """What differs from 'an error text naming every word, close 1011, no internals'; empty if nothing."""
+    problems = []
+    if outcome.binary_reply:
+        problems.append("answered as if the request were fine")
+    missing = [w for w in words if w not in outcome.error_text]
+    if missing:
+        problems.append(f"error text lacks {missing}")
+    if outcome.close_code != 1011:
+        problems.append(f"close code {outcome.close_code}, expected 1011")
+    leaked = [w for w in INTERNAL_WORDS if w in outcome.error_text]
+    if leaked:
+        problems.append(f"error text leaks {leaked}")
+    return "; ".join(problems)
+
+
 def ws_frame_attack(ctx: Context, payload: bytes, *words: str, opcode: int = OP_BINARY) -> Observation:
     outcome = websocket_attack(ctx.stack.ports.ws_action, ctx.headers, payload, opcode)
-    ok = _names_limit(outcome, *words) and _clean(outcome.error_text)
-    return Observation(outcome.describe(), ok, {"error_text": outcome.error_text, "close": outcome.close_code})
+    why = _why_not(outcome, words)
+    details = {"error_text": outcome.error_text, "close": outcome.close_code, "why": why}
+    return Observation(outcome.describe(), not why, details)
 
 
 def robot_mistake(ctx: Context, change: Callable[[dict[str, Any]], None], *words: str) -> Observation:
@@ -622,17 +642,27 @@ def kill_stack(ctx: Context) -> Observation:
 # ----------------------------------------------------------------------------------------------------- catalog
 
 
-def catalog(fmt_50mb_declared: int = 50 * MiB) -> list[Attack]:
+def catalog() -> list[Attack]:
     err = "error frame naming {} + close 1011"
+    fmt = "422; config unchanged"
+    big = "413 before the body (4 MiB sent)"
+    amplify = msgpack_amplification
     return [
-        Attack("ws-msgpack-empty-arrays-8M", err.format("max_frame_values"), msgpack_amplification(msgpack_empty_arrays, 8 * MiB), True, frame_bytes=8 * MiB),
-        Attack("ws-msgpack-empty-maps-8M", err.format("max_frame_values"), msgpack_amplification(msgpack_empty_maps, 8 * MiB), frame_bytes=8 * MiB),
-        Attack("ws-msgpack-empty-arrays-32M", err.format("max_frame_values"), msgpack_amplification(msgpack_empty_arrays, 32 * MiB), frame_bytes=32 * MiB),
+        Attack("ws-msgpack-empty-arrays-8M", err.format("max_frame_values"),
+               amplify(msgpack_empty_arrays, 8 * MiB), True, frame_bytes=8 * MiB),
+        Attack("ws-msgpack-empty-maps-8M", err.format("max_frame_values"),
+               amplify(msgpack_empty_maps, 8 * MiB), frame_bytes=8 * MiB),
+        Attack("ws-msgpack-empty-arrays-32M", err.format("max_frame_values"),
+               amplify(msgpack_empty_arrays, 32 * MiB), frame_bytes=32 * MiB),
         Attack("ws-msgpack-deep-maps", err.format("max_frame_depth"), msgpack_deep_maps, True, frame_bytes=1024),
-        Attack("unix-localframe-json-8M", "ERROR reply naming a max_* limit", local_frame_json(8 * MiB), True, frame_bytes=8 * MiB),
-        Attack("unix-localframe-json-32M", "ERROR reply naming a max_* limit", local_frame_json(32 * MiB), frame_bytes=32 * MiB),
-        Attack("unix-declared-4GB", "ERROR reply naming the length, nothing read", local_frame_huge_length, True, frame_bytes=1024),
-        Attack("ws-huge-image-4600x4600", err.format("max_image_pixels + camera") + "; no /dev/shm growth", huge_image, frame_bytes=64 * MiB),
+        Attack("unix-localframe-json-8M", "ERROR reply naming a max_* limit",
+               local_frame_json(8 * MiB), True, frame_bytes=8 * MiB),
+        Attack("unix-localframe-json-32M", "ERROR reply naming a max_* limit",
+               local_frame_json(32 * MiB), frame_bytes=32 * MiB),
+        Attack("unix-declared-4GB", "ERROR naming the length, nothing read", local_frame_huge_length, True,
+               frame_bytes=1024),
+        Attack("ws-huge-image-4600x4600", err.format("max_image_pixels + camera") + "; no /dev/shm growth",
+               huge_image, frame_bytes=64 * MiB),
         Attack("ws-huge-prompt-1MB", err.format("prompt + max_prompt_bytes"), huge_prompt, True, frame_bytes=MiB),
         Attack("ws-state-1e308", err.format("'state'"), state_1e308, True),
         Attack("ws-state-length-7", err.format("'state' [14] [7]") + ", no internals", state_wrong_length, True),
@@ -643,21 +673,27 @@ def catalog(fmt_50mb_declared: int = 50 * MiB) -> list[Attack]:
         Attack("ws-half-frame-close", "connection dropped, fds back", half_frame, frame_bytes=MiB),
         Attack("ws-declared-256MiB", "close 1009 at once", oversize_frame, True, frame_bytes=MiB),
         Attack("ws-upgrade-without-key", "HTTP 401", no_key_upgrade, True),
-        Attack("ws-idle-300-from-127.0.0.2", f"<= {MAX_PER_ADDRESS} upgraded, rest 503; new robot OK", idle_connections(300), True),
+        Attack("ws-idle-300-from-127.0.0.2", f"<= {MAX_PER_ADDRESS} upgraded, rest 503; new robot OK",
+               idle_connections(300), True),
         Attack("ws-slowloris-40", "all dropped by the open timeout (<= 20 s); new robot OK", slowloris),
         Attack("admin-without-key", "401 on every route", admin_without_key, True),
-        Attack("admin-format-positional", "422; config unchanged", admin_format("{task} {0}"), True),
-        Attack("admin-format-globals", "422; config unchanged", admin_format("{task} {task.__init__.__globals__}"), True),
-        Attack("admin-format-width", "422; config unchanged", admin_format("{task:>10000000}"), True),
-        Attack("admin-format-conversion", "422; config unchanged", admin_format("{task!r}")),
-        Attack("admin-format-1025-chars", "422; config unchanged", admin_format("{task}" + "x" * 1019)),
-        Attack("admin-format-2MB", "413; config unchanged", admin_format("{task}" + "x" * 2 * MiB), frame_bytes=2 * MiB),
-        Attack("admin-body-50MB-declared", "413 before the body (4 MiB sent)", admin_declared_body(fmt_50mb_declared, 4 * MiB), frame_bytes=4 * MiB),
-        Attack("admin-body-200MB-declared", "413 before the body (4 MiB sent)", admin_declared_body(200 * MiB, 4 * MiB), True, frame_bytes=4 * MiB),
-        Attack("quic-unauth-64MiB-handshakes", "6/6 refused; sidecar peak <= +16 MiB", quic_huge_handshakes, needs_aioquic=True),
-        Attack("quic-300-connections", f"<= {QUIC_MAX_CONNECTIONS} admitted", quic_many_connections(300), needs_aioquic=True),
+        Attack("admin-format-positional", fmt, admin_format("{task} {0}"), True),
+        Attack("admin-format-globals", fmt, admin_format("{task} {task.__init__.__globals__}"), True),
+        Attack("admin-format-width", fmt, admin_format("{task:>10000000}"), True),
+        Attack("admin-format-conversion", fmt, admin_format("{task!r}")),
+        Attack("admin-format-1025-chars", fmt, admin_format("{task}" + "x" * 1019)),
+        Attack("admin-format-2MB", "413; config unchanged", admin_format("{task}" + "x" * 2 * MiB),
+               frame_bytes=2 * MiB),
+        Attack("admin-body-50MB-declared", big, admin_declared_body(50 * MiB, 4 * MiB), frame_bytes=4 * MiB),
+        Attack("admin-body-200MB-declared", big, admin_declared_body(200 * MiB, 4 * MiB), True,
+               frame_bytes=4 * MiB),
+        Attack("quic-unauth-64MiB-handshakes", "6/6 refused; sidecar peak <= +16 MiB", quic_huge_handshakes,
+               needs_aioquic=True),
+        Attack("quic-300-connections", f"<= {QUIC_MAX_CONNECTIONS} admitted", quic_many_connections(300),
+               needs_aioquic=True),
         Attack("quic-silent-handshakes", "10/10 closed by the handshake timeout", quic_silent, needs_aioquic=True),
-        Attack("quic-client-bad-local-frame", "ERROR reply from the client sidecar", quic_client_bad_local_frame, True),
-        Attack("kill-9-tritonserver", "witness errors, then right answers again by themselves", kill_triton, fault=True),
+        Attack("quic-client-bad-local-frame", "ERROR reply from the client sidecar", quic_client_bad_local_frame,
+               True),
+        Attack("kill-9-tritonserver", "witness errors, then right answers again", kill_triton, fault=True),
         Attack("kill-9-stack", "no child outlives the stack (10 s)", kill_stack, True, fault=True, final=True),
     ]  # fmt: skip
