@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pathlib
 import socket
 import threading
@@ -217,3 +218,37 @@ def test_admin_needs_the_key_everywhere_and_accepts_only_safe_formats(
         )
     finally:
         stop_bridge_process(bridge)
+
+
+def test_shared_memory_pool_gives_back_what_a_burst_took(triton_server: TritonServer) -> None:
+    import asyncio
+
+    from openpi_bridge import shared_memory
+    from openpi_bridge.triton_gateway import TritonCallError, TritonGateway
+    from openpi_triton.limits import InputLimits
+
+    async def burst() -> None:
+        # Limits raised so that one request may carry more image bytes than a shared-memory region takes.
+        gateway = TritonGateway(triton_server.grpc_url, 300.0, "on", InputLimits(max_image_pixels=4000 * 4000))
+        endpoint = gateway.endpoints[0]
+        try:
+            calls = [gateway.infer("action", aloha_obs(seed)) for seed in range(12)]
+            results = await asyncio.gather(*calls)
+            assert all(r["actions"].shape == (1, 50, 14) for r in results)
+            assert len(endpoint.pool.free) <= shared_memory.MAX_FREE_REGIONS
+            assert len(endpoint.pool.regions) == len(endpoint.pool.free)  # nothing in use, extra regions dropped
+            registered = await endpoint.client.get_system_shared_memory_status(as_json=True)
+            mine = f"openpi_bridge_{os.getpid()}_"  # other bridges of this test session share the server
+            ours = [r for r in registered.get("regions", {}) if r.startswith(mine)]
+            assert len(ours) == len(endpoint.pool.regions)
+            big = aloha_obs(99)
+            big["images"]["cam_high"] = np.zeros((3, 3000, 3000), np.uint8)  # 27 MB and 12 MB: together over
+            big["images"]["cam_low"] = np.zeros((3, 2000, 2000), np.uint8)  # MAX_REGION_BYTES (32 MiB)
+            before = list(endpoint.pool.regions)
+            with pytest.raises(TritonCallError, match="max_image_pixels"):  # the model's own limit: it arrived
+                await gateway.infer("action", big)  # in the gRPC payload, not in a new region
+            assert endpoint.pool.regions == before
+        finally:
+            await gateway.close()
+
+    asyncio.run(burst())
