@@ -17,6 +17,8 @@ venv: $(VENV)/.installed
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	cargo fmt --manifest-path flash-transport/Cargo.toml --check
 	cargo clippy --quiet --manifest-path flash-transport/Cargo.toml --all-targets -- -D warnings
 
 # The QUIC sidecar binary (Rust). Tests use the debug build; `make serve` the release build.
