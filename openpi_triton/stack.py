@@ -198,9 +198,10 @@ class Stack:
     def close(self) -> None:
         for sidecar in self.sidecars:
             sidecar.stop()
+        # Before Triton stops: its stubs exiting on the way down are no reason to reload models.
+        self.watchdog.stop()
         for supervisor in reversed(self.supervisors):
             supervisor.stop()
-        self.watchdog.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
