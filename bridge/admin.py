@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from openpi_bridge.admin_guard import AdminGuard
+from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.model_reload import POLL_MODE_HINT, ReloadError, reload_model
 from openpi_bridge.slots import RuntimeConfig
 from openpi_bridge.triton_gateway import TritonGateway
@@ -50,6 +52,7 @@ def create_admin_app(
     gateway: TritonGateway | None = None,
     api_key: str | None = None,
     max_body_bytes: int = 64 * 1024,
+    metrics: BridgeMetrics | None = None,
 ) -> Any:
     """``runtime`` is None without a planner slot (no /config); ``gateway`` enables the model reload. Every
     route needs ``Authorization: Api-Key <api_key>`` when the bridge has an API key (as robots' WebSockets do)."""
@@ -63,6 +66,12 @@ def create_admin_app(
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format; needs no API key (scrapers reach it only where the admin API listens)."""
+        body = metrics.exposition() if metrics is not None else b""
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/config", response_model=RuntimeConfigView)
     async def get_config() -> RuntimeConfigView:
@@ -103,4 +112,5 @@ def create_admin_app(
             raise HTTPException(502, f"{exc}{already}") from None
         return ReloadView(model=name, servers=[ServerReloadView(url=s.url, seconds=s.seconds) for s in done])
 
-    return AdminGuard(app, api_key=api_key, max_body_bytes=max_body_bytes)
+    on_unauthorized = metrics.admin_unauthorized.inc if metrics is not None else None
+    return AdminGuard(app, api_key=api_key, max_body_bytes=max_body_bytes, on_unauthorized=on_unauthorized)

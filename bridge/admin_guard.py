@@ -1,6 +1,8 @@
 """ASGI middleware in front of every admin route, FastAPI's own ``/docs`` and ``/openapi.json`` included.
 
-- With an API key configured, each request needs ``Authorization: Api-Key <key>`` (401 otherwise).
+- With an API key configured, each request needs ``Authorization: Api-Key <key>`` (401 otherwise), except
+  ``GET /metrics``: Prometheus scrapers send no key, and the admin port is reachable only where the
+  operator put it (127.0.0.1 by default).
 - A request body is read here, up to ``max_body_bytes`` (413 past it, whatever Content-Length claimed),
   before the app sees it: the admin API shares the event loop with every robot, so a huge body must cost
   no more than the limit.
@@ -27,9 +29,20 @@ async def _reply(send: Send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+OPEN_PATHS = frozenset({"/metrics"})
+
+
 class AdminGuard:
-    def __init__(self, app: ASGIApp, *, api_key: str | None, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_key: str | None,
+        max_body_bytes: int,
+        on_unauthorized: Callable[[], None] | None = None,
+    ) -> None:
         self.app = app
+        self.on_unauthorized = on_unauthorized
         self.expected = f"Api-Key {api_key}".encode() if api_key is not None else None
         self.max_body_bytes = max_body_bytes
 
@@ -38,7 +51,10 @@ class AdminGuard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        if self.expected is not None and not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+        needs_key = self.expected is not None and scope.get("path") not in OPEN_PATHS
+        if needs_key and not hmac.compare_digest(headers.get(b"authorization", b""), self.expected or b""):
+            if self.on_unauthorized is not None:
+                self.on_unauthorized()
             await _reply(send, 401, "missing or wrong 'Authorization: Api-Key'")
             return
         declared = headers.get(b"content-length")

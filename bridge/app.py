@@ -14,6 +14,7 @@ import uvicorn
 from openpi_bridge.admin import create_admin_app
 from openpi_bridge.config import BridgeConfig
 from openpi_bridge.local_socket import LocalSocketEndpoint
+from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.slots import ActionSlot, PlannerSlot, RuntimeConfig, Slot
 from openpi_bridge.triton_gateway import TritonGateway
 from openpi_bridge.websocket_server import WebSocketEndpoint
@@ -59,8 +60,9 @@ def build_slots(config: BridgeConfig, gateway: TritonGateway) -> tuple[dict[str,
 
 
 async def start_bridge(config: BridgeConfig) -> RunningBridge:
+    metrics = BridgeMetrics()
     gateway = TritonGateway(
-        config.triton_urls, config.triton.request_timeout_s, config.triton.shared_memory, config.limits.inputs
+        config.triton_urls, config.triton.request_timeout_s, config.triton.shared_memory, config.limits.inputs, metrics
     )
     slots, runtime = build_slots(config, gateway)
     bridge = RunningBridge(config, gateway, slots, runtime)
@@ -76,6 +78,7 @@ async def start_bridge(config: BridgeConfig) -> RunningBridge:
                 max_connections_per_address=config.limits.max_connections_per_address,
                 idle_timeout_s=config.limits.idle_timeout_s,
                 frame_limits=config.limits.frame,
+                metrics=metrics,
             )
             server = await ws.start(config.host, transport.websocket_port)
             bridge.servers.append(server)
@@ -85,6 +88,7 @@ async def start_bridge(config: BridgeConfig) -> RunningBridge:
                 max_message_bytes=config.max_message_bytes,
                 max_connections=config.max_connections,
                 frame_limits=config.limits.frame,
+                metrics=metrics,
             )
             bridge.servers.append(await local.start(transport.unix_socket_path))
             logger.warning(
@@ -97,7 +101,7 @@ async def start_bridge(config: BridgeConfig) -> RunningBridge:
             )
         if config.admin.enabled:
             admin_config = uvicorn.Config(
-                create_admin_app(runtime, gateway, config.api_key, config.admin.max_body_bytes),
+                create_admin_app(runtime, gateway, config.api_key, config.admin.max_body_bytes, metrics),
                 host=config.admin.host,
                 port=config.admin.port,
                 log_level="warning",

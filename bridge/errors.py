@@ -33,3 +33,18 @@ def robot_message(exc: BaseException, slot: str) -> str:
         return f"{type(exc).__name__}: {exc}"
     logger.exception("%s slot: unexpected error while serving a request", slot, exc_info=exc)
     return f"internal error in the bridge ({type(exc).__name__}); the bridge log has the details"
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The metrics outcome of a failed request (see :mod:`openpi_bridge.metrics`)."""
+    name = type(exc).__name__
+    if name == "TritonCallError":
+        status = str(getattr(exc, "status", ""))
+        if getattr(exc, "invalid_argument", False):
+            return "robot_error"
+        return "timeout" if "DEADLINE" in status.upper() else "triton_error"
+    if isinstance(exc, RobotError | DecodeError | FrameError) or name == "ObservationError":
+        return "robot_error"
+    if isinstance(exc, ServingError):
+        return "server_error"
+    return "internal"

@@ -17,15 +17,19 @@ import os
 import pathlib
 import stat
 import struct
+import time
 
 from openpi_bridge import offload
 from openpi_bridge.errors import robot_message
+from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.slots import Slot
 from openpi_triton.limits import DEFAULT_FRAME_LIMITS, FrameLimits
 from openpi_triton.protocols import local_frame, msgpack_numpy
 from openpi_triton.protocols.local_frame import MessageType
 
 logger = logging.getLogger("openpi_bridge")
+# Only the QUIC server sidecar talks on this socket: its requests are the QUIC robots'.
+TRANSPORT = "quic"
 
 
 class LocalSocketEndpoint:
@@ -36,12 +40,14 @@ class LocalSocketEndpoint:
         max_message_bytes: int,
         max_connections: int = 256,
         frame_limits: FrameLimits = DEFAULT_FRAME_LIMITS,
+        metrics: BridgeMetrics | None = None,
     ) -> None:
         self.slot = slot
         self.max_message_bytes = max_message_bytes
         self.max_connections = max_connections
         self.open_connections = 0
         self.frame_limits = frame_limits
+        self.metrics = metrics or BridgeMetrics()
 
     async def start(self, path: str) -> asyncio.AbstractServer:
         socket_path = pathlib.Path(path)
@@ -59,6 +65,7 @@ class LocalSocketEndpoint:
             logger.info(
                 "%s slot: refused a sidecar connection (max_connections=%d)", self.slot.name, self.max_connections
             )
+            self.metrics.refused.labels(self.slot.name, TRANSPORT, "max_connections").inc()
             with contextlib.suppress(Exception):
                 await self._send(
                     writer, MessageType.ERROR, f"too many connections (max_connections={self.max_connections})".encode()
@@ -66,9 +73,12 @@ class LocalSocketEndpoint:
             writer.close()
             return
         self.open_connections += 1
+        gauge = self.metrics.connections.labels(self.slot.name, TRANSPORT)
+        gauge.inc()
         try:
             await self._serve_messages(reader, writer)
         finally:
+            gauge.dec()
             self.open_connections -= 1
 
     async def _serve_messages(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -110,15 +120,24 @@ class LocalSocketEndpoint:
             await self._send(writer, MessageType.RESET_RESPONSE)
             return True
         if kind == MessageType.INFER:
-            try:
-                _, obs = await offload.run(local_frame.unpack, body, self.frame_limits)
-                response = await self.slot.infer(obs)
-                await self._send(writer, MessageType.INFER_RESPONSE, local_frame.pack(response))
-            except Exception as exc:
-                await self._send(writer, MessageType.ERROR, robot_message(exc, self.slot.name).encode())
+            await self._infer(writer, body)
             return True
         await self._send(writer, MessageType.ERROR, f"unknown message type 0x{kind:02x}".encode())
         return False
+
+    async def _infer(self, writer: asyncio.StreamWriter, body: memoryview) -> None:
+        start = time.perf_counter()
+        self.metrics.bytes_received.labels(self.slot.name, TRANSPORT).inc(len(body) + 5)
+        try:
+            _, obs = await offload.run(local_frame.unpack, body, self.frame_limits)
+            answer = local_frame.pack(await self.slot.infer(obs))
+        except Exception as exc:
+            self.metrics.request_done(self.slot.name, TRANSPORT, time.perf_counter() - start, exc)
+            await self._send(writer, MessageType.ERROR, robot_message(exc, self.slot.name).encode())
+            return
+        await self._send(writer, MessageType.INFER_RESPONSE, answer)
+        self.metrics.bytes_sent.labels(self.slot.name, TRANSPORT).inc(len(answer) + 5)
+        self.metrics.request_done(self.slot.name, TRANSPORT, time.perf_counter() - start)
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, kind: MessageType, body: bytes = b"") -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from openpi_bridge import consistency
 from openpi_bridge.errors import ServingError
 from openpi_bridge.triton_gateway import TritonCallError, TritonGateway
 from openpi_triton.triton import io_spec
@@ -61,7 +62,20 @@ class Slot:
         self.gateway = gateway
 
     async def ready(self) -> bool:
-        return await self.gateway.ready(self.model)
+        return await self.health() is None
+
+    async def health(self) -> str | None:
+        """None when this slot can serve a request end to end now, else the reason it cannot."""
+        if not await self.gateway.ready(self.model):
+            return f"Triton or the model '{self.model}' is not ready"
+        try:
+            return await self.mismatch()
+        except TritonCallError as exc:
+            return f"cannot read the served models' configs: {exc}"
+
+    async def mismatch(self) -> str | None:
+        """Why the models behind this slot disagree (a half-done swap), or None."""
+        return None
 
     async def metadata(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -81,7 +95,21 @@ class ActionSlot(Slot):
     async def metadata(self) -> dict[str, Any]:
         return dict((await self.gateway.describe(self.model)).metadata)
 
+    async def mismatch(self) -> str | None:
+        interface = await self.gateway.describe(self.model)
+        children = interface.parameters
+        if "action_model" not in children:
+            return None  # the action model itself: nothing behind it to disagree with
+        action = await self.gateway.describe(children["action_model"] or "action")
+        problem = consistency.action_mismatch(interface, action)
+        if problem is None and self.runtime is not None and children.get("planner_model"):
+            problem = consistency.planner_mismatch(interface, await self.gateway.describe(children["planner_model"]))
+        return problem
+
     async def infer(self, obs: Mapping[str, Any]) -> dict[str, Any]:
+        problem = await self.mismatch()
+        if problem is not None:
+            raise ServingError(problem)
         interface = await self.gateway.describe(self.model)
         extra: dict[str, Any] = {}
         if self.runtime is not None and io_spec.GENERATION_PROMPT_FORMAT in interface.inputs:

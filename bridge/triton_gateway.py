@@ -15,6 +15,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from openpi_bridge import offload
+from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.shared_memory import Region, SharedMemoryPool
 from openpi_triton import tensor_names
 from openpi_triton.limits import DEFAULT_INPUT_LIMITS, InputLimits
@@ -41,6 +42,9 @@ class TritonCallError(RuntimeError):
 
     def __init__(self, model: str, status: str, message: str) -> None:
         message = _REGION_NAME.sub("<shared memory>", message)
+        if "UNAVAILABLE" in status and "failed to connect" in message:
+            # gRPC's own text ("failed to connect to all addresses; last error: ...") says nothing to a robot.
+            message = "Triton is not reachable (restarting or down); retry in a few seconds"
         super().__init__(f"{model}: {status}: {message}" if status else f"{model}: {message}")
         self.status = status
         self.invalid_argument = "INVALID_ARG" in status
@@ -63,6 +67,7 @@ class ModelInterface:
     outputs: tuple[str, ...]
     metadata: dict[str, Any]
     fetched_at: float
+    parameters: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def groups(self) -> set[tuple[str, ...]]:
@@ -82,7 +87,8 @@ def interface_from_config(name: str, config: Mapping[str, Any]) -> ModelInterfac
         for i in config.get("input", [])
     }
     outputs = tuple(o["name"] for o in config.get("output", []))
-    return ModelInterface(name, inputs, outputs, robot_metadata(config), time.monotonic())
+    parameters = {k: str(v.get("string_value", "")) for k, v in (config.get("parameters") or {}).items()}
+    return ModelInterface(name, inputs, outputs, robot_metadata(config), time.monotonic(), parameters)
 
 
 def robot_name(tensor: str) -> str:
@@ -269,9 +275,11 @@ class TritonGateway:
         request_timeout_s: float,
         shared_memory: str = "auto",
         input_limits: InputLimits = DEFAULT_INPUT_LIMITS,
+        metrics: BridgeMetrics | None = None,
     ) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         self.input_limits = input_limits
+        self.metrics = metrics or BridgeMetrics()
         if not self.urls:
             raise ValueError("at least one Triton URL is needed")
         self.timeout = request_timeout_s
@@ -419,12 +427,16 @@ class TritonGateway:
     async def _infer_on(self, endpoint: Endpoint, model: str, arrays: list[tuple[InputSpec, np.ndarray]]) -> Any:
         for attempt in (1, 2):
             inputs, region = await self._grpc_inputs(endpoint, arrays)
+            started = time.perf_counter()
             try:
-                return await endpoint.client.infer(model, inputs, client_timeout=self.timeout)
+                result = await endpoint.client.infer(model, inputs, client_timeout=self.timeout)
+                self.metrics.triton_call(model, time.perf_counter() - started)
+                return result
             except InferenceServerException as exc:
                 self._expire(model)  # the model may have been swapped: read it again next time
                 message = exc.message() or str(exc)
                 status = str(exc.status() or "")
+                self.metrics.triton_call(model, time.perf_counter() - started, status.removeprefix("StatusCode."))
                 if attempt == 1 and region is not None and "shared memory" in message.lower():
                     # Triton restarted and forgot our regions: register fresh ones and send again.
                     logger.warning("Triton lost the shared-memory registrations (%s); registering again", message)

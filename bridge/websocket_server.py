@@ -27,6 +27,7 @@ from websockets.http11 import Request, Response
 
 from openpi_bridge import offload
 from openpi_bridge.errors import RobotError, robot_message
+from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.slots import Slot
 from openpi_triton.limits import DEFAULT_FRAME_LIMITS, FrameLimits
 from openpi_triton.protocols import msgpack_numpy
@@ -37,6 +38,7 @@ ERROR_CLOSE_REASON = "Internal server error. Traceback included in previous fram
 
 
 IDLE_CLOSE_CODE = 1000
+TRANSPORT = "websocket"
 
 
 class WebSocketEndpoint:
@@ -50,8 +52,10 @@ class WebSocketEndpoint:
         max_connections_per_address: int = 64,
         idle_timeout_s: float | None = None,
         frame_limits: FrameLimits = DEFAULT_FRAME_LIMITS,
+        metrics: BridgeMetrics | None = None,
     ) -> None:
         self.slot = slot
+        self.metrics = metrics or BridgeMetrics()
         self.api_key = api_key
         self.max_message_bytes = max_message_bytes
         self.connections = asyncio.Semaphore(max_connections)
@@ -68,20 +72,27 @@ class WebSocketEndpoint:
 
     def _refusal(self, connection: ServerConnection) -> str | None:
         if self.connections.locked():
+            self._refused("max_connections")
             return f"too many connections (max_connections={self.max_connections})\n"
         address = self._address(connection)
         if self.per_address[address] >= self.max_per_address:
+            self._refused("per_address")
             return f"too many connections from {address} (max_connections_per_address={self.max_per_address})\n"
         return None
 
+    def _refused(self, reason: str) -> None:
+        self.metrics.refused.labels(self.slot.name, TRANSPORT, reason).inc()
+
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path == "/healthz":
-            if await self.slot.ready():
+            problem = await self.slot.health()
+            if problem is None:
                 return connection.respond(http.HTTPStatus.OK, "OK\n")
-            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Triton or the model is not ready\n")
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, f"{problem}\n")
         if self.api_key is not None:
             sent = request.headers.get("Authorization", "")
             if not hmac.compare_digest(sent.encode(), f"Api-Key {self.api_key}".encode()):
+                self._refused("unauthorized")
                 return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong 'Authorization: Api-Key'\n")
         refusal = self._refusal(connection)
         if refusal is not None:
@@ -96,10 +107,13 @@ class WebSocketEndpoint:
             return
         address = self._address(ws)
         self.per_address[address] += 1
+        open_connections = self.metrics.connections.labels(self.slot.name, TRANSPORT)
+        open_connections.inc()
         try:
             async with self.connections:
                 await self._serve(ws)
         finally:
+            open_connections.dec()
             self.per_address[address] -= 1
             if self.per_address[address] <= 0:
                 del self.per_address[address]
@@ -112,6 +126,7 @@ class WebSocketEndpoint:
             return None
         except TimeoutError:
             logger.info("%s slot: closing a connection idle for %s s", self.slot.name, self.idle_timeout_s)
+            self._refused("idle")
             await ws.close(IDLE_CLOSE_CODE, f"idle for {self.idle_timeout_s:g} s (idle_timeout_s)")
             return None
 
@@ -129,26 +144,39 @@ class WebSocketEndpoint:
             message = await self._next_frame(ws)
             if message is None:
                 return
+            received = time.perf_counter()
+            self.metrics.bytes_received.labels(self.slot.name, TRANSPORT).inc(len(message))
             try:
-                if isinstance(message, str):
-                    raise RobotError("expected a binary msgpack-numpy frame, got a text frame")
-                obs = await offload.run(msgpack_numpy.unpackb, message, self.frame_limits)
+                obs = await self._decode(message)
                 del message  # the frame's bytes are not needed while the model runs
-                if not isinstance(obs, dict):
-                    raise RobotError(f"expected a msgpack map (the observation dict), got {type(obs).__name__}")
-                infer_start = time.perf_counter()
-                response = await self.slot.infer(obs)
-                timing: dict[str, Any] = {"infer_ms": (time.perf_counter() - infer_start) * 1000.0}
-                if prev_total_ms is not None:
-                    timing["prev_total_ms"] = prev_total_ms
-                response["server_timing"] = timing
-                await ws.send(msgpack_numpy.packb(response))
+                answer = await self._answer(obs, prev_total_ms)
+                await ws.send(answer)
+                self.metrics.bytes_sent.labels(self.slot.name, TRANSPORT).inc(len(answer))
             except ConnectionClosed:
                 return
             except Exception as exc:
+                self.metrics.request_done(self.slot.name, TRANSPORT, time.perf_counter() - received, exc)
                 await self._fail(ws, robot_message(exc, self.slot.name))
                 return
+            self.metrics.request_done(self.slot.name, TRANSPORT, time.perf_counter() - received)
             prev_total_ms = (time.perf_counter() - start) * 1000.0
+
+    async def _decode(self, message: str | bytes) -> dict[str, Any]:
+        if isinstance(message, str):
+            raise RobotError("expected a binary msgpack-numpy frame, got a text frame")
+        obs = await offload.run(msgpack_numpy.unpackb, message, self.frame_limits)
+        if not isinstance(obs, dict):
+            raise RobotError(f"expected a msgpack map (the observation dict), got {type(obs).__name__}")
+        return obs
+
+    async def _answer(self, obs: dict[str, Any], prev_total_ms: float | None) -> bytes:
+        infer_start = time.perf_counter()
+        response = await self.slot.infer(obs)
+        timing: dict[str, Any] = {"infer_ms": (time.perf_counter() - infer_start) * 1000.0}
+        if prev_total_ms is not None:
+            timing["prev_total_ms"] = prev_total_ms
+        response["server_timing"] = timing
+        return msgpack_numpy.packb(response)
 
     async def _fail(self, ws: ServerConnection, message: str) -> None:
         logger.warning("%s slot: closing connection after error: %s", self.slot.name, message)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import struct
 
 import numpy as np
@@ -14,6 +13,7 @@ from openpi_client import msgpack_numpy
 from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.protocols import local_frame
 from openpi_triton.protocols.local_frame import FrameError, MessageType
+from tests.clients import SidecarClient
 from tests.conftest import BridgeProcess
 
 WORKED_EXAMPLE = bytes.fromhex(
@@ -119,33 +119,6 @@ def test_random_bytes_never_crash_the_decoder(data: bytes) -> None:
         local_frame.unpack(data)
     except FrameError:
         pass
-
-
-class SidecarClient:
-    """What the Rust sidecar does on the bridge's socket: framed requests, framed replies."""
-
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(120)
-        self.sock.connect(path)
-
-    def request(self, kind: MessageType, body: bytes = b"") -> tuple[int, bytes]:
-        self.sock.sendall(local_frame.envelope(kind, body))
-        return self.read()
-
-    def read(self) -> tuple[int, bytes]:
-        (length,) = struct.unpack(">I", self._exact(4))
-        payload = self._exact(length)
-        return payload[0], payload[1:]
-
-    def _exact(self, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = self.sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("bridge closed the socket")
-            data += chunk
-        return data
 
 
 def test_sidecar_socket_metadata_infer_reset(bridge: BridgeProcess) -> None:

@@ -15,6 +15,7 @@ from tritonclient.utils import InferenceServerException
 from openpi_triton.golden.tree import load_tree
 from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.triton.launcher import TritonServer
+from tests.clients import metric_sum, scrape
 from tests.triton_helpers import infer_inputs
 
 ALOHA = EMBODIMENTS["aloha"]
@@ -228,11 +229,16 @@ def test_one_bad_request_does_not_hurt_its_batch(triton_server: TritonServer) ->
 def test_custom_metrics_are_exported(triton_server: TritonServer, client: grpcclient.InferenceServerClient) -> None:
     client.infer("action", infer_inputs(aloha_obs(60), {"noise": noise(60)}))
     client.infer("planner", infer_inputs({"images": aloha_obs(60)["images"], "prompt": "fold"}))
+    with pytest.raises(InferenceServerException):
+        client.infer("action", infer_inputs(dict(aloha_obs(61), state=np.full(14, np.nan))))
     url = f"http://127.0.0.1:{triton_server.options.metrics_port}/metrics"
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    assert 'openpi_batch_size_count{model="action"}' in text
-    assert 'openpi_action_ms_bucket{model="action"' in text
-    assert 'openpi_planner_ms_count{model="planner"}' in text
+    text = scrape(url)
+    served = {"config": "pi05_aloha", "checkpoint": "embedded-default"}
+    assert metric_sum(text, "openpi_batch_size_count", model="action", **served) >= 1
+    assert metric_sum(text, "openpi_action_ms_count", model="action", **served) >= 1
+    assert metric_sum(text, "openpi_planner_ms_count", model="planner", **served) >= 1
+    # Triton counts an error response as a success; our own counter sees it.
+    assert metric_sum(text, "openpi_request_failures_total", model="action", code="INVALID_ARG") >= 1
 
 
 def test_repository_index_lists_ready_models(client: grpcclient.InferenceServerClient) -> None:

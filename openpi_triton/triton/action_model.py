@@ -55,7 +55,9 @@ class ActionModel:
         else:
             self.policy = self._load_native(args)
         self.inputs = io_spec.action_inputs(self.policy.config)
-        self.metrics = backend.ModelMetrics.create(args["model_name"], "action")
+        served = backend.served_labels(self.policy.config.name, self.params.checkpoint_dir)
+        self.metrics = backend.ModelMetrics.create(args["model_name"], "action", served)
+        self.failures = backend.RequestFailures.create(args["model_name"], served)
         seconds = self.policy.warmup()
         backend.logger.warning("%s ready: %s, warm-up %s", args["model_name"], self.policy.describe(), seconds)
 
@@ -115,7 +117,7 @@ class ActionModel:
                 backend.logger.exception("action inference failed for a batch of %d", len(flat))
                 for index, _ in batches:
                     responses[index] = backend.internal(f"action inference failed: {type(exc).__name__}: {exc}")
-                return backend.tag_error_codes(requests, responses)
+                return backend.finish_responses(requests, responses, self.failures)
             ms = (time.perf_counter() - start) * 1000.0
             self.metrics.observe(len(flat), ms)
             row = 0
@@ -138,7 +140,7 @@ class ActionModel:
                         backend.float_tensor(io_spec.POLICY_INFER_MS, [[ms]] * len(items)),
                     ]
                 )
-        return backend.tag_error_codes(requests, responses)
+        return backend.finish_responses(requests, responses, self.failures)
 
     def _prepare(self, row: dict[str, Any]) -> Any:
         noise = row.get(io_spec.NOISE)

@@ -58,16 +58,23 @@ def _wants_code_tag(request: Any) -> bool:
         return False
 
 
-def tag_error_codes(requests: Sequence[Any], responses: list[Any]) -> list[Any]:
-    """Error responses to requests that asked for it carry their code at the end of the message."""
+def _code_name(error: Any) -> str:
+    return next((n for n in _CODE_NAMES if error.code() == getattr(pb_utils.TritonError, n)), "INTERNAL")
+
+
+def finish_responses(requests: Sequence[Any], responses: list[Any], failures: RequestFailures) -> list[Any]:
+    """Counts the error responses by code (Triton 2.51 counts them as successes) and, for a BLS parent that
+    asked for it, repeats each one's code at the end of its message."""
     for index, (request, response) in enumerate(zip(requests, responses, strict=True)):
-        if response is None or not response.has_error() or not _wants_code_tag(request):
+        if response is None or not response.has_error():
             continue
         error = response.error()
-        name = next((n for n in _CODE_NAMES if error.code() == getattr(pb_utils.TritonError, n)), "INTERNAL")
-        responses[index] = pb_utils.InferenceResponse(
-            error=pb_utils.TritonError(f"{error.message()} [triton code {name}]", error.code())
-        )
+        name = _code_name(error)
+        failures.count(name)
+        if _wants_code_tag(request):
+            responses[index] = pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(f"{error.message()} [triton code {name}]", error.code())
+            )
     return responses
 
 
@@ -190,14 +197,15 @@ def float_tensor(name: str, values: Any) -> Any:
 
 @dataclasses.dataclass
 class ModelMetrics:
-    """Custom metrics on Triton's metrics port: batch size histogram and per-call milliseconds."""
+    """Custom metrics on Triton's metrics port: batch size histogram and per-call milliseconds, labelled with
+    the served config and checkpoint so that series from before and after a model swap stay apart."""
 
     batch_size: Any
     call_ms: Any
     families: tuple[Any, ...]  # a Metric is only valid while its MetricFamily lives
 
     @classmethod
-    def create(cls, model: str, what: str) -> ModelMetrics:
+    def create(cls, model: str, what: str, served: dict[str, str]) -> ModelMetrics:
         sizes = pb_utils.MetricFamily(
             name="openpi_batch_size",
             description="observations per model call (after stacking the requests of one execute)",
@@ -208,7 +216,7 @@ class ModelMetrics:
             description=f"wall milliseconds of one batched {what} call",
             kind=pb_utils.MetricFamily.HISTOGRAM,
         )
-        labels = {"model": model}
+        labels = {"model": model, **served}
         return cls(
             batch_size=sizes.Metric(labels=labels, buckets=[1, 2, 4, 8, 16, 32]),
             call_ms=ms.Metric(labels=labels, buckets=[5, 10, 20, 30, 50, 80, 120, 200, 500, 1000, 2000]),
@@ -218,6 +226,35 @@ class ModelMetrics:
     def observe(self, batch: int, ms: float) -> None:
         self.batch_size.observe(float(batch))
         self.call_ms.observe(float(ms))
+
+
+def served_labels(config_name: str, checkpoint_dir: str) -> dict[str, str]:
+    """Metric labels naming what a model serves (an empty checkpoint is the embedded default)."""
+    return {"config": config_name, "checkpoint": checkpoint_dir or "embedded-default"}
+
+
+@dataclasses.dataclass
+class RequestFailures:
+    """``openpi_request_failures_total{model, code, ...}``: error responses by code, one series per code seen."""
+
+    family: Any
+    labels: dict[str, str]
+    counters: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def create(cls, model: str, served: dict[str, str] | None = None) -> RequestFailures:
+        family = pb_utils.MetricFamily(
+            name="openpi_request_failures_total",
+            description="requests answered with an error, by Triton error code",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        return cls(family=family, labels={"model": model, **(served or {})})
+
+    def count(self, code: str) -> None:
+        counter = self.counters.get(code)
+        if counter is None:
+            counter = self.counters[code] = self.family.Metric(labels={**self.labels, "code": code})
+        counter.increment(1.0)
 
 
 @dataclasses.dataclass

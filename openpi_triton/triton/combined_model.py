@@ -65,13 +65,15 @@ class CombinedModel:
     def initialize(self, args: dict[str, str]) -> None:
         self.params = backend.parse_parameters(CombinedParams.parse, args)
         self.planner_failures = backend.FailureCounter.create(args["model_name"], "planner")
+        self.failures = backend.RequestFailures.create(args["model_name"], {"config": self.params.config.name})
         config = self.params.config
         self.action_inputs = [s.name for s in io_spec.action_inputs(config)]
         self.planner_inputs = [s.name for s in io_spec.planner_inputs(config)]
         self.batch_inputs = io_spec.combined_inputs(config)
 
     async def execute(self, requests: list[Any]) -> list[Any]:
-        return list(await asyncio.gather(*(self._serve(r) for r in requests)))
+        responses = list(await asyncio.gather(*(self._serve(r) for r in requests)))
+        return backend.finish_responses(requests, responses, self.failures)
 
     async def _serve(self, request: Any) -> Any:
         try:

@@ -40,7 +40,9 @@ class PlannerModel:
         device = backend.jax_device(args)
         self.planner = backend.load_or_fail(args, lambda: load_planner(checkpoint_dir, options, device))
         self.inputs = io_spec.planner_inputs(self.params.config)
-        self.metrics = backend.ModelMetrics.create(args["model_name"], "planner")
+        served = backend.served_labels(self.params.config.name, self.params.checkpoint_dir)
+        self.metrics = backend.ModelMetrics.create(args["model_name"], "planner", served)
+        self.failures = backend.RequestFailures.create(args["model_name"], served)
         seconds = self.planner.warmup()
         backend.logger.warning("%s ready, warm-up %s", args["model_name"], seconds)
 
@@ -63,7 +65,7 @@ class PlannerModel:
                 responses[index] = backend.invalid(str(exc))
         flat = [item for _, _, items in batches for item in items]
         if not flat:
-            return backend.tag_error_codes(requests, responses)
+            return backend.finish_responses(requests, responses, self.failures)
         start = time.perf_counter()
         try:
             subtasks = self.planner.generate_batch(flat)
@@ -71,7 +73,7 @@ class PlannerModel:
             backend.logger.exception("subtask generation failed for a batch of %d", len(flat))
             for index, _, _ in batches:
                 responses[index] = backend.internal(f"subtask generation failed: {type(exc).__name__}: {exc}")
-            return backend.tag_error_codes(requests, responses)
+            return backend.finish_responses(requests, responses, self.failures)
         ms = (time.perf_counter() - start) * 1000.0
         self.metrics.observe(len(flat), ms)
         row = 0
@@ -89,4 +91,4 @@ class PlannerModel:
                     ),
                 ]
             )
-        return backend.tag_error_codes(requests, responses)
+        return backend.finish_responses(requests, responses, self.failures)

@@ -1,0 +1,54 @@
+"""Small clients tests use beside the robots: the sidecar's side of the bridge socket, a metrics scrape."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from openpi_triton.protocols import local_frame
+from openpi_triton.protocols.local_frame import MessageType
+
+
+class SidecarClient:
+    """What the Rust sidecar does on the bridge's socket: framed requests, framed replies."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(120)
+        self.sock.connect(path)
+
+    def request(self, kind: MessageType, body: bytes = b"") -> tuple[int, bytes]:
+        self.sock.sendall(local_frame.envelope(kind, body))
+        return self.read()
+
+    def read(self) -> tuple[int, bytes]:
+        (length,) = struct.unpack(">I", self._exact(4))
+        payload = self._exact(length)
+        return payload[0], payload[1:]
+
+    def _exact(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("bridge closed the socket")
+            data += chunk
+        return data
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read().decode()
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples named ``name`` (Prometheus text format) whose labels include ``labels``."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
