@@ -28,7 +28,7 @@ Besides, ``decode-cost`` (``perf.decode_cost``): peak memory of decoding hostile
 32 MiB (``--short``: up to 8 MiB) in a subprocess, each <= 4 x N + 2 MiB. It runs while the stack starts.
 
 Prints one line per attack and writes ``attack.json`` (every observation, witness calls per attack, RSS/fds)
-plus the stack's log into ``--results`` (default ``perf/results/attack-<timestamp>/``).
+plus the stack's and the witnesses' logs into ``--results`` (default ``perf/results/attack-<timestamp>/``).
 """
 
 from __future__ import annotations
@@ -115,12 +115,14 @@ class AttackResult:
 # ------------------------------------------------------------------------------------------------ witnesses
 
 
-def witness_specs(stack: Stack, rate_hz: float) -> list[WitnessSpec]:
+def witness_specs(stack: Stack, rate_hz: float, logs: pathlib.Path) -> list[WitnessSpec]:
     p = stack.ports
     return [
-        WitnessSpec("ws", "websocket", p.ws_action, 0, stack.api_key, CONFIG_NAME, rate_hz),
-        WitnessSpec("quic", "quic", p.quic_action, 1, stack.quic_token, CONFIG_NAME, rate_hz),
-    ]
+        WitnessSpec("ws", "websocket", p.ws_action, 0, stack.api_key, CONFIG_NAME, rate_hz,
+                    log_path=str(logs / "witness-ws.log")),
+        WitnessSpec("quic", "quic", p.quic_action, 1, stack.quic_token, CONFIG_NAME, rate_hz,
+                    log_path=str(logs / "witness-quic.log")),
+    ]  # fmt: skip
 
 
 def quiet_p99(fleet: WitnessFleet, seconds: float) -> dict[str, float]:
@@ -269,6 +271,15 @@ def _usage_cell(result: AttackResult, part: str) -> str:
     return f"{result.before.brief(part)}>{after}"
 
 
+def _peak_cell(r: AttackResult) -> str:
+    """Bridge peak RSS growth during the attack, and as a multiple of the largest message sent."""
+    if r.before is None or not r.bridge_peak_rss:
+        return "-"
+    grown = max(r.bridge_peak_rss - r.before.rss.get("bridge", 0), 0)
+    ratio = f"({grown / r.frame_bytes:.1f}xN)" if r.frame_bytes >= MiB else ""
+    return f"+{grown / MiB:.0f}{ratio}"
+
+
 def table_line(r: AttackResult) -> str:
     errors = sum(w.errors + w.wrong for w in r.witnesses.values())
     worst = max(r.witnesses.values(), key=lambda w: w.max_ms / w.limit_ms, default=None)
@@ -276,14 +287,15 @@ def table_line(r: AttackResult) -> str:
     return (
         f"{_cut(r.name, 29):29} {_cut(r.expected, 44):44} {_cut(r.observed, 60):60} "
         f"{errors if r.witnesses else '-':>4} "
-        f"{latency:>10} {_usage_cell(r, 'bridge'):>15} {_usage_cell(r, 'triton'):>17} {_usage_cell(r, 'quic'):>13} "
+        f"{latency:>10} {_peak_cell(r):>11} {_usage_cell(r, 'bridge'):>15} {_usage_cell(r, 'triton'):>17} "
+        f"{_usage_cell(r, 'quic'):>13} "
         f"{r.verdict}"
     )
 
 
 def table_header() -> str:
     return (
-        f"{'attack':29} {'expected':44} {'observed':60} {'werr':>4} {'wmax/lim':>10} "
+        f"{'attack':29} {'expected':44} {'observed':60} {'werr':>4} {'wmax/lim':>10} {'bpeak MiB':>11} "
         f"{'bridge MiB/fds':>15} {'triton MiB/fds':>17} {'quic MiB/fds':>13} verdict"
     )
 
@@ -318,7 +330,7 @@ def run(options: Options, results: pathlib.Path) -> list[AttackResult]:
         costs = pool.submit(decode_cost.measure_all, sizes) if wants_decode else None
         try:
             print(f"[attack] stack ready in {wait_ready(stack, options.ready_timeout_s):.0f} s", flush=True)
-            fleet = WitnessFleet(witness_specs(stack, options.rate_hz))
+            fleet = WitnessFleet(witness_specs(stack, options.rate_hz, results))
             fleet.start(timeout_s=300)
             if costs is not None:
                 rows.append(decode_cost_result(costs.result()))  # before the quiet phase: it loads the CPU

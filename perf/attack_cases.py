@@ -579,13 +579,39 @@ def quic_client_bad_local_frame(ctx: Context) -> Observation:
 # ----------------------------------------------------------------------------------------------------- faults
 
 
-def kill_triton(ctx: Context) -> Observation:
-    """SIGKILL for tritonserver; the witnesses must answer right again within ``ctx.recovery_s``, by themselves."""
-    processes = find_processes(ctx.stack.process.pid)
-    if processes.triton_server is None:
-        return Observation("no tritonserver found", False)
+def _triton_server(processes: StackProcesses) -> int | None:
+    return processes.triton_server
+
+
+def _action_stub(processes: StackProcesses) -> int | None:
+    stubs = [p for p in processes.parts["triton"] if any(a.endswith("action/1/model.py") for a in _cmdline(p))]
+    return stubs[0] if stubs else None
+
+
+def _action_sidecar(ctx: Context) -> Callable[[StackProcesses], int | None]:
+    return lambda processes: processes.quic_by_port.get(ctx.stack.ports.quic_action)
+
+
+def _bridge(processes: StackProcesses) -> int | None:
+    return processes.parts["bridge"][0] if processes.parts["bridge"] else None
+
+
+def kill_fault(what: str, pick: Callable[[Context], Callable[[StackProcesses], int | None]]) -> Callable[..., Any]:
+    """SIGKILL for one of the stack's processes; the witnesses must answer right again within ``ctx.recovery_s``,
+    by themselves (they reconnect after an error, as robots do)."""
+
+    def run(ctx: Context) -> Observation:
+        pid = pick(ctx)(find_processes(ctx.stack.process.pid))
+        if pid is None:
+            return Observation(f"no {what} process found", False)
+        return killed_and_recovered(ctx, pid)
+
+    return run
+
+
+def killed_and_recovered(ctx: Context, pid: int) -> Observation:
     killed_at = time.monotonic()
-    os.kill(processes.triton_server, signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
     recovered = wait_for_recovery(ctx.fleet, killed_at, ctx.recovery_s, ctx.stack)
     stack_state = "stack running" if ctx.stack.alive() else f"stack exited with {ctx.stack.process.returncode}"
     if recovered is None:
@@ -679,8 +705,8 @@ def catalog() -> list[Attack]:
         Attack("admin-without-key", "401 on every route", admin_without_key, True),
         Attack("admin-format-positional", fmt, admin_format("{task} {0}"), True),
         Attack("admin-format-globals", fmt, admin_format("{task} {task.__init__.__globals__}"), True),
-        Attack("admin-format-width", fmt, admin_format("{task:>10000000}"), True),
-        Attack("admin-format-conversion", fmt, admin_format("{task!r}")),
+        Attack("admin-format-width", fmt, admin_format("{task} {task:>10000000}"), True),
+        Attack("admin-format-conversion", fmt, admin_format("{task} {task!r}")),
         Attack("admin-format-1025-chars", fmt, admin_format("{task}" + "x" * 1019)),
         Attack("admin-format-2MB", "413; config unchanged", admin_format("{task}" + "x" * 2 * MiB),
                frame_bytes=2 * MiB),
@@ -694,6 +720,13 @@ def catalog() -> list[Attack]:
         Attack("quic-silent-handshakes", "10/10 closed by the handshake timeout", quic_silent, needs_aioquic=True),
         Attack("quic-client-bad-local-frame", "ERROR reply from the client sidecar", quic_client_bad_local_frame,
                True),
-        Attack("kill-9-tritonserver", "witness errors, then right answers again", kill_triton, fault=True),
+        Attack("kill-9-action-stub", "witness errors, then right answers again",
+               kill_fault("action stub", lambda ctx: _action_stub), fault=True),
+        Attack("kill-9-quic-sidecar", "witness errors, then right answers again",
+               kill_fault("QUIC sidecar", _action_sidecar), fault=True),
+        Attack("kill-9-tritonserver", "witness errors, then right answers again",
+               kill_fault("tritonserver", lambda ctx: _triton_server), fault=True),
+        Attack("kill-9-bridge", "witness errors, then right answers again",
+               kill_fault("bridge", lambda ctx: _bridge), fault=True),
         Attack("kill-9-stack", "no child outlives the stack (10 s)", kill_stack, True, fault=True, final=True),
     ]  # fmt: skip

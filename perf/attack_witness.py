@@ -17,6 +17,7 @@ import concurrent.futures
 import dataclasses
 import multiprocessing
 import multiprocessing.synchronize
+import os
 import queue
 import time
 import traceback
@@ -38,6 +39,7 @@ class WitnessSpec:
     rate_hz: float = 4.0
     timeout_s: float = 10.0
     tolerance: float = 1e-4
+    log_path: str = ""  # the witness's stderr (and its QUIC client binary's log) go here when set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +148,10 @@ def run_witness(
     stop: multiprocessing.synchronize.Event,
 ) -> None:
     """Process entry point: reference answer, then one call per period until ``stop`` (no catch-up bursts)."""
+    if spec.log_path:  # fd 2 itself, so that the QUIC client binaries this robot starts log there as well
+        log = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 2)
+        os.close(log)
     witness = Witness(spec)
     try:
         witness.take_reference()
