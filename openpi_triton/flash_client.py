@@ -15,6 +15,7 @@ import os
 import pathlib
 import queue
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -64,7 +65,10 @@ def _own_binary(
     """The thread that spawns the client binary, relays its log (the last lines are kept in ``log_tail`` to
     explain an early exit) and waits for it: the binary must not outlive this thread (PDEATHSIG)."""
     try:
-        process = spawn(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        # SIGTERM, not SIGKILL: the binary then closes its QUIC connection, and the server frees it at once.
+        process = spawn(
+            command, death_signal=signal.SIGTERM, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
     except BaseException as exc:
         started.put(exc)
         return

@@ -28,24 +28,25 @@ PR_SET_PDEATHSIG = 1
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Runs in the child between fork and exec: SIGKILL when the spawning thread ends."""
+def _die_with_parent(parent_pid: int, death_signal: int) -> None:
+    """Runs in the child between fork and exec: ``death_signal`` when the spawning thread ends."""
     assert _prctl is not None
-    if _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if _prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0) != 0:
         os._exit(126)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect: nobody would kill us
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def spawn(command: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
-    """``subprocess.Popen(command, **popen_kwargs)``; on Linux the child gets SIGKILL when the calling *thread*
-    ends (its process exiting or being killed included). Call it from a thread that outlives the child.
+def spawn(command: Sequence[str], death_signal: int = signal.SIGKILL, **popen_kwargs: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen(command, **popen_kwargs)``; on Linux the child gets ``death_signal`` when the calling
+    *thread* ends (its process exiting or being killed included). Call it from a thread that outlives the child.
+    SIGTERM suits a child that shuts down cleanly on it (the QUIC client sidecar closes its connection).
 
     Combines with ``start_new_session`` / ``process_group`` (setsid runs before the prctl).
     """
     if _prctl is not None:
         parent_pid = os.getpid()
-        popen_kwargs["preexec_fn"] = lambda: _die_with_parent(parent_pid)
+        popen_kwargs["preexec_fn"] = lambda: _die_with_parent(parent_pid, death_signal)
     return subprocess.Popen(command, **popen_kwargs)
 
 
