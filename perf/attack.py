@@ -110,6 +110,7 @@ class AttackResult:
     failures: list[str]
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
     verdict: str = "FAIL"  # PASS | FAIL | SKIP
+    window: tuple[float, float] = (0.0, 0.0)  # time.monotonic() span the witnesses were judged over
 
 
 # ------------------------------------------------------------------------------------------------ witnesses
@@ -237,6 +238,7 @@ def run_attack(attack: Attack, ctx: Context, p99: dict[str, float]) -> AttackRes
         witness_stats(ctx.fleet.overlapping(began, window_end), p99), before, after, peak,
         attack.frame_bytes, round(ended - began, 2), [], observation.details,
     )  # fmt: skip
+    result.window = (began, window_end)
     result.failures = judge(attack, result)
     result.verdict = "PASS" if not result.failures else "FAIL"
     return result
@@ -245,6 +247,25 @@ def run_attack(attack: Attack, ctx: Context, p99: dict[str, float]) -> AttackRes
 def skipped(attack: Attack, verdict: str, why: str) -> AttackResult:
     return AttackResult(attack.name, attack.expected, why, attack.fault, False, {}, None, None, 0, attack.frame_bytes,
                         0.0, [why] if verdict == "FAIL" else [], verdict=verdict)  # fmt: skip
+
+
+def whole_run_result(fleet: WitnessFleet, rows: list[AttackResult], since: float) -> AttackResult:
+    """Every witness call from the quiet phase on: no wrong answer at all, no error outside a fault window (this
+    also covers the moments between attacks)."""
+    fleet.drain()
+    faults = [r.window for r in rows if r.fault and r.window != (0.0, 0.0)]
+    if rows and rows[-1].fault and faults:  # the last attack ends the stack (or is the last fault): open-ended
+        faults[-1] = (faults[-1][0], float("inf"))
+    calls = [c for c in fleet.calls if c.started >= since]
+    wrong = [c for c in calls if c.outcome == "wrong"]
+    stray = [c for c in calls if c.outcome == "error" and not any(c.started <= e and c.ended >= b for b, e in faults)]
+    failures = [f"{len(wrong)} wrong answers ({wrong[0].witness}: {wrong[0].detail[:80]})"] if wrong else []
+    if stray:
+        failures.append(f"{len(stray)} errors outside fault attacks ({stray[0].witness}: {stray[0].detail[:80]})")
+    observed = f"{len(calls)} calls: {len(wrong)} wrong, {len(stray)} errors outside fault attacks"
+    return AttackResult("witnesses-whole-run", "no wrong answer; errors only in fault attacks", observed, False,
+                        not failures, {}, None, None, 0, 0, 0.0, failures, {},
+                        "PASS" if not failures else "FAIL")  # fmt: skip
 
 
 def decode_cost_result(costs: list[decode_cost.DecodeCost]) -> AttackResult:
@@ -336,6 +357,7 @@ def run(options: Options, results: pathlib.Path) -> list[AttackResult]:
                 rows.append(decode_cost_result(costs.result()))  # before the quiet phase: it loads the CPU
                 print(decode_cost.format_costs(costs.result()), flush=True)
             sampler = Sampler(stack.process.pid).start()
+            quiet_from = time.monotonic()
             p99 = quiet_p99(fleet, options.quiet_s)
             print(f"[attack] quiet p99 (ms): {', '.join(f'{k} {v:.0f}' for k, v in p99.items())}", flush=True)
             ctx = Context(stack, fleet, sampler, CONFIG_NAME, results, options.recovery_s)
@@ -345,6 +367,8 @@ def run(options: Options, results: pathlib.Path) -> list[AttackResult]:
             for attack in attacks:
                 rows.append(attack_or_skip(attack, ctx, p99))
                 print(table_line(rows[-1]), flush=True)
+            rows.append(whole_run_result(fleet, rows, quiet_from))
+            print(table_line(rows[-1]), flush=True)
         finally:
             shutdown(stack, fleet, sampler)
     return rows

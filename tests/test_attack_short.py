@@ -12,8 +12,11 @@ import subprocess
 import sys
 
 from openpi_triton.native.tiny import EmbeddedDefault
+from perf import decode_cost
 from perf.attack import Options, select
-from perf.attack_cases import catalog
+from perf.attack_cases import _ok_streak_start, _why_not, catalog
+from perf.attack_clients import Outcome
+from perf.attack_witness import Call
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -23,6 +26,27 @@ def test_short_subset_is_a_subset_with_faults_last() -> None:
     assert {a.name for a in short} < {a.name for a in catalog()}
     assert short[-1].name == "kill-9-stack" and short[-1].final
     assert all(not a.fault for a in short[:-1])
+
+
+def test_an_error_frame_is_judged_on_words_close_code_and_leaks() -> None:
+    good = Outcome("ObservationError: 'state': expected value of shape [14], got [7]", 1011)
+    assert _why_not(good, ("'state'", "[14]", "[7]")) == ""
+    leaky = Outcome("TritonCallError: combined_ensemble: StatusCode.INVALID_ARGUMENT: 'state' [-1,14]", 1011)
+    assert "leaks" in _why_not(leaky, ("'state'",))
+    assert "close code" in _why_not(Outcome("'state'", None), ("'state'",))
+    assert "answered" in _why_not(Outcome("", None, binary_reply=True), ())
+
+
+def test_recovery_needs_three_right_answers_in_a_row() -> None:
+    calls = [Call("ws", float(t), 10.0, o) for t, o in enumerate(["error", "ok", "error", "ok", "ok", "ok", "ok"])]
+    assert _ok_streak_start(calls, 3) == 3.0
+    assert _ok_streak_start(calls[:5], 3) is None
+
+
+def test_decode_cost_measures_the_frame_a_benign_decode_copies() -> None:
+    """A benign 8 MiB image frame: msgpack copies the bytes once, so about 1 x N; far below the rule."""
+    cost = decode_cost.measure("msgpack/benign-image", 8 * 2**20)
+    assert cost.outcome == "decoded" and 0.5 < cost.ratio < 2.0 and cost.within_rule, cost
 
 
 def test_short_attack_run_passes(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> None:
