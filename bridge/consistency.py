@@ -19,7 +19,7 @@ def _signature(inputs: dict[str, InputSpec], skip: frozenset[str] = frozenset())
 
 
 def _served(interface: ModelInterface) -> str:
-    return interface.parameters.get("model_config_name") or "an unnamed config"
+    return repr(interface.parameters.get("model_config_name") or "the config it inherited at load")
 
 
 def action_mismatch(ensemble: ModelInterface, action: ModelInterface) -> str | None:
@@ -30,9 +30,9 @@ def action_mismatch(ensemble: ModelInterface, action: ModelInterface) -> str | N
         return None
     differing = sorted(set(expected) ^ set(served)) or sorted(n for n in expected if expected[n] != served[n])
     return (
-        f"'{ensemble.name}' was loaded for {_served(ensemble)!r} but its action model '{action.name}' serves "
-        f"{_served(action)!r} (inputs differ: {differing[:6]}); the models are being swapped or were edited "
-        "apart: requests on this slot fail until both serve the same config"
+        f"this server now serves {_served(action)} (model '{action.name}'), but '{ensemble.name}' still "
+        f"declares the inputs of {_served(ensemble)} (inputs differ: {differing[:6]}): the models are being "
+        "swapped or were edited apart, and requests on this slot fail until both serve the same config"
     )
 
 

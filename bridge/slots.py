@@ -92,15 +92,21 @@ class ActionSlot(Slot):
         self.model = model
         self.runtime = runtime
 
+    async def _action_model(self) -> str:
+        """The model that serves the actions: the slot's model, or the action model behind its ensemble."""
+        children = (await self.gateway.describe(self.model)).parameters
+        return (children.get("action_model", "") or "action") if "action_model" in children else self.model
+
     async def metadata(self) -> dict[str, Any]:
-        return dict((await self.gateway.describe(self.model)).metadata)
+        # The action model names the served config (the ensemble follows it): its metadata is the robot's.
+        return dict((await self.gateway.describe(await self._action_model())).metadata)
 
     async def mismatch(self) -> str | None:
         interface = await self.gateway.describe(self.model)
         children = interface.parameters
         if "action_model" not in children:
             return None  # the action model itself: nothing behind it to disagree with
-        action = await self.gateway.describe(children["action_model"] or "action")
+        action = await self.gateway.describe(await self._action_model())
         problem = consistency.action_mismatch(interface, action)
         if problem is None and self.runtime is not None and children.get("planner_model"):
             problem = consistency.planner_mismatch(interface, await self.gateway.describe(children["planner_model"]))

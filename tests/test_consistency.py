@@ -24,9 +24,7 @@ def test_a_matching_pair_passes_and_a_swapped_action_model_is_named() -> None:
     )
     problem = consistency.action_mismatch(ensemble, _interface("action", "pi05_droid", io_spec.action_inputs(droid)))
     assert problem is not None
-    assert (
-        "'combined_ensemble' was loaded for 'pi05_aloha' but its action model 'action' serves 'pi05_droid'" in problem
-    )
+    assert "now serves 'pi05_droid' (model 'action'), but 'combined_ensemble' still declares" in problem
     assert "images.cam_high" in problem
 
 

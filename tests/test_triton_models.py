@@ -250,11 +250,15 @@ def test_repository_index_lists_ready_models(client: grpcclient.InferenceServerC
 def test_robot_metadata_comes_from_the_served_model(client: grpcclient.InferenceServerClient) -> None:
     from openpi_triton.metadata import robot_metadata
 
-    for model in ("action", "combined_ensemble"):
-        metadata = robot_metadata(client.get_model_config(model, as_json=True)["config"])
-        assert metadata["action_horizon"] == 50
-        assert metadata["reset_pose"] == [0, -1.5, 1.5, 0, 0, 0]
-        assert metadata["image_specs"] == [
-            {"path": ["images", cam], "target_shape": [3, 224, 224], "dtype": "uint8"}
-            for cam in ("cam_high", "cam_left_wrist", "cam_right_wrist", "cam_low")
-        ]
+    metadata = robot_metadata(client.get_model_config("action", as_json=True)["config"])
+    assert metadata["action_horizon"] == 50
+    assert metadata["reset_pose"] == [0, -1.5, 1.5, 0, 0, 0]
+    assert metadata["image_specs"] == [
+        {"path": ["images", cam], "target_shape": [3, 224, 224], "dtype": "uint8"}
+        for cam in ("cam_high", "cam_left_wrist", "cam_right_wrist", "cam_low")
+    ]
+    # The ensemble inherits the action model's config: same cameras and horizon (the bridge takes the
+    # robot metadata from the action model, which names the config).
+    ensemble = robot_metadata(client.get_model_config("combined_ensemble", as_json=True)["config"])
+    assert ensemble["image_specs"] == metadata["image_specs"]
+    assert ensemble["action_horizon"] == metadata["action_horizon"]

@@ -10,27 +10,9 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from openpi_triton.native.configs import PolicyConfig, get_policy_config
 from openpi_triton.native.policy import PolicyOptions, load_policy
-from openpi_triton.triton import backend, io_spec
-from openpi_triton.triton.model_params import ActionParams, ParameterError, read_parameters
-
-
-def serving_config(params: ActionParams) -> PolicyConfig:
-    """The config the Triton I/O follows: the native runtime's table, or openpi's own TrainConfig."""
-    if params.runtime == "native":
-        assert params.config is not None  # ActionParams.parse guarantees it
-        return params.config
-    from openpi_triton.openpi_runtime import environment, train_config
-
-    try:
-        return train_config.resolve(
-            params.model_config_name, embodiment=params.embodiment, setup_script=params.openpi_setup_script
-        )[1]
-    except environment.OpenpiUnavailableError as exc:
-        raise pb_utils.TritonModelException(str(exc)) from None
-    except ValueError as exc:
-        raise pb_utils.TritonModelException(f"runtime 'openpi': {exc}") from None
+from openpi_triton.triton import backend, io_spec, served_config
+from openpi_triton.triton.model_params import ActionParams, read_parameters
 
 
 class ActionModel:
@@ -38,14 +20,7 @@ class ActionModel:
 
     @staticmethod
     def auto_complete_config(auto_complete_model_config: Any) -> Any:
-        raw = read_parameters(auto_complete_model_config.as_dict())
-        if raw.get("runtime", "") == "openpi":
-            try:
-                config = serving_config(ActionParams.parse(raw))
-            except ParameterError as exc:
-                raise pb_utils.TritonModelException(str(exc)) from None
-        else:
-            config = get_policy_config(raw.get("model_config_name", ""))
+        config = served_config.interface_config(read_parameters(auto_complete_model_config.as_dict()))
         return backend.add_io(auto_complete_model_config, io_spec.action_inputs(config), io_spec.action_outputs(config))
 
     def initialize(self, args: dict[str, str]) -> None:
@@ -55,6 +30,7 @@ class ActionModel:
         else:
             self.policy = self._load_native(args)
         self.inputs = io_spec.action_inputs(self.policy.config)
+        self.model_name = args["model_name"]
         served = backend.served_labels(self.policy.config.name, self.params.checkpoint_dir)
         self.metrics = backend.ModelMetrics.create(args["model_name"], "action", served)
         self.failures = backend.RequestFailures.create(args["model_name"], served)
@@ -103,6 +79,10 @@ class ActionModel:
         responses: list[Any] = [None] * len(requests)
         batches: list[tuple[int, list[Any]]] = []
         for index, request in enumerate(requests):
+            refusal = backend.config_mismatch(request, self.model_name, self.policy.config.name)
+            if refusal is not None:
+                responses[index] = refusal
+                continue
             try:
                 rows = backend.read_rows(request, self.inputs, self.params.limits)
                 batches.append((index, [self._prepare(row) for row in rows]))

@@ -51,11 +51,35 @@ _CODE_NAMES = ("INVALID_ARG", "INTERNAL", "UNAVAILABLE", "NOT_FOUND", "UNSUPPORT
 _CODE_TAG = re.compile(r" \[triton code ([A-Z_]+)\]$")
 
 
-def _wants_code_tag(request: Any) -> bool:
+# The config a BLS parent was loaded for: a child serving another one (a half-done model swap) refuses the
+# request with one clear error instead of failing on some tensor.
+EXPECTED_CONFIG_PARAMETER = "openpi_expected_config"
+
+
+def _request_parameters(request: Any) -> dict[str, Any]:
     try:
-        return bool(json.loads(request.parameters() or "{}").get(ERROR_CODE_PARAMETER))
+        parameters = json.loads(request.parameters() or "{}")
     except (AttributeError, ValueError):
-        return False
+        return {}
+    return parameters if isinstance(parameters, dict) else {}
+
+
+def _wants_code_tag(request: Any) -> bool:
+    return bool(_request_parameters(request).get(ERROR_CODE_PARAMETER))
+
+
+def config_mismatch(request: Any, model: str, served: str) -> Any | None:
+    """An UNAVAILABLE response when the request's BLS parent expects another config than ``served``."""
+    expected = _request_parameters(request).get(EXPECTED_CONFIG_PARAMETER)
+    if not expected or expected == served:
+        return None
+    return pb_utils.InferenceResponse(
+        error=pb_utils.TritonError(
+            f"the ensemble was loaded for {expected!r} but '{model}' now serves {served!r}: the models are being "
+            "swapped or were edited apart (requests fail until both serve the same config)",
+            pb_utils.TritonError.UNAVAILABLE,
+        )
+    )
 
 
 def _code_name(error: Any) -> str:
@@ -88,8 +112,9 @@ def child_error(response: Any) -> Any:
     return pb_utils.TritonError(message[: match.start()], code)
 
 
-def is_invalid_argument(error: Any) -> bool:
-    return bool(error.code() == pb_utils.TritonError.INVALID_ARG)
+def is_refusal(error: Any) -> bool:
+    """A child refused the request as such (bad input, or it serves another config): not a failure to retry."""
+    return bool(error.code() in (pb_utils.TritonError.INVALID_ARG, pb_utils.TritonError.UNAVAILABLE))
 
 
 def add_io(config: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> Any:
@@ -283,12 +308,41 @@ def model_parameters(args: dict[str, str]) -> dict[str, str]:
     return read_parameters(json.loads(args["model_config"]))
 
 
-def parse_parameters(parse: Callable[[dict[str, str]], T], args: dict[str, str]) -> T:
-    """Parses config.pbtxt parameters; a bad one fails the load with its message."""
+def parse_parameters(parse: Callable[[dict[str, str]], T], args: dict[str, str], inherits: Sequence[str] = ()) -> T:
+    """Parses config.pbtxt parameters, the empty ones of ``inherits`` taken from the action model's config
+    (see :mod:`openpi_triton.triton.inherit`); a bad one fails the load with its message."""
     from openpi_triton.triton.model_params import ParameterError
 
     try:
-        return parse(model_parameters(args))
+        return parse(resolved_parameters(args, inherits))
+    except ParameterError as exc:
+        raise pb_utils.TritonModelException(str(exc)) from None
+
+
+def resolved_parameters(args: dict[str, str], inherits: Sequence[str] = ()) -> dict[str, str]:
+    from openpi_triton.triton.inherit import inherited
+    from openpi_triton.triton.model_params import ParameterError
+
+    params = model_parameters(args)
+    if not inherits:
+        return params
+    try:
+        return inherited(params, pathlib.Path(args["model_repository"]), tuple(inherits))
+    except ParameterError as exc:
+        raise pb_utils.TritonModelException(str(exc)) from None
+
+
+def auto_complete_parameters(model_class: type, config: Any, inherits: Sequence[str]) -> dict[str, str]:
+    """Parameters at auto-complete time, when Triton passes no paths: the model's folder is the one of the
+    ``model.py`` that defines ``model_class`` (``<repository>/<model>/<version>/model.py``)."""
+    import inspect
+
+    from openpi_triton.triton.inherit import inherited
+    from openpi_triton.triton.model_params import ParameterError, read_parameters
+
+    model_dir = pathlib.Path(inspect.getfile(model_class)).absolute().parents[1]
+    try:
+        return inherited(read_parameters(config.as_dict()), model_dir, tuple(inherits))
     except ParameterError as exc:
         raise pb_utils.TritonModelException(str(exc)) from None
 

@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from openpi_triton.native.configs import get_policy_config
-from openpi_triton.triton import backend, io_spec
-from openpi_triton.triton.model_params import CombinedParams, read_parameters
+from openpi_triton.triton import backend, inherit, io_spec, served_config
+from openpi_triton.triton.model_params import CombinedParams
 
 PLANNER_OUTPUTS = [io_spec.SUBTASK, io_spec.SUBTASK_MS, io_spec.ACTION_PROMPT]
 ACTION_OUTPUTS = [io_spec.ACTIONS, io_spec.POLICY_INFER_MS]
@@ -45,8 +44,10 @@ def read_mode(request: Any) -> str:
     return modes.pop()
 
 
-class RobotInputError(Exception):
-    """A child model found the robot's input invalid (INVALID_ARG): the request fails with that error."""
+class ChildRefusedError(Exception):
+    """The planner refused the request itself: the robot's input is invalid (INVALID_ARG), or it serves another
+    config than the ensemble (UNAVAILABLE, mid-swap). The request fails with that error; a mismatched pair
+    never answers."""
 
     def __init__(self, error: Any) -> None:
         super().__init__(error.message())
@@ -54,22 +55,23 @@ class RobotInputError(Exception):
 
 
 class CombinedModel:
-    @staticmethod
-    def auto_complete_config(auto_complete_model_config: Any) -> Any:
-        params = read_parameters(auto_complete_model_config.as_dict())
-        config = get_policy_config(params.get("model_config_name", ""))
+    @classmethod
+    def auto_complete_config(cls, auto_complete_model_config: Any) -> Any:
+        raw = backend.auto_complete_parameters(cls, auto_complete_model_config, inherit.ENSEMBLE_INHERITS)
+        config = served_config.interface_config(raw)
         return backend.add_io(
             auto_complete_model_config, io_spec.combined_inputs(config), io_spec.combined_outputs(config)
         )
 
     def initialize(self, args: dict[str, str]) -> None:
+        raw = backend.resolved_parameters(args, inherit.ENSEMBLE_INHERITS)
         self.params = backend.parse_parameters(CombinedParams.parse, args)
+        self.config = served_config.interface_config(raw)
         self.planner_failures = backend.FailureCounter.create(args["model_name"], "planner")
-        self.failures = backend.RequestFailures.create(args["model_name"], {"config": self.params.config.name})
-        config = self.params.config
-        self.action_inputs = [s.name for s in io_spec.action_inputs(config)]
-        self.planner_inputs = [s.name for s in io_spec.planner_inputs(config)]
-        self.batch_inputs = io_spec.combined_inputs(config)
+        self.failures = backend.RequestFailures.create(args["model_name"], {"config": self.config.name})
+        self.action_inputs = [s.name for s in io_spec.action_inputs(self.config)]
+        self.planner_inputs = [s.name for s in io_spec.planner_inputs(self.config)]
+        self.batch_inputs = io_spec.combined_inputs(self.config)
 
     async def execute(self, requests: list[Any]) -> list[Any]:
         responses = list(await asyncio.gather(*(self._serve(r) for r in requests)))
@@ -85,8 +87,8 @@ class CombinedModel:
         if mode in ("default", "subtask_only"):
             try:
                 subtask = await self._plan(request, rows)
-            except RobotInputError as mistake:  # the robot's own input: an error, not a missing subtask
-                return pb_utils.InferenceResponse(error=mistake.error)
+            except ChildRefusedError as refusal:  # an error of the request, not a missing subtask
+                return pb_utils.InferenceResponse(error=refusal.error)
             if mode == "subtask_only":
                 texts, ms, _ = subtask
                 return pb_utils.InferenceResponse(
@@ -113,8 +115,8 @@ class CombinedModel:
             )
             if result.has_error():
                 error = backend.child_error(result)
-                if backend.is_invalid_argument(error):
-                    raise RobotInputError(error)
+                if backend.is_refusal(error):
+                    raise ChildRefusedError(error)
                 raise RuntimeError(error.message())
             texts = backend.decode_strings(
                 pb_utils.get_output_tensor_by_name(result, io_spec.SUBTASK).as_numpy(), io_spec.SUBTASK
@@ -124,7 +126,7 @@ class CombinedModel:
                 pb_utils.get_output_tensor_by_name(result, io_spec.ACTION_PROMPT).as_numpy(), io_spec.ACTION_PROMPT
             )
             return texts, ms, prompts
-        except RobotInputError:
+        except ChildRefusedError:
             raise
         except Exception as exc:  # openpi-flash: planner failures are logged, never fatal to the action
             reason = f"no answer within {self.params.planner_timeout_ms} ms" if isinstance(exc, TimeoutError) else exc
@@ -147,6 +149,6 @@ class CombinedModel:
             model_name=model,
             inputs=inputs,
             requested_output_names=outputs,
-            parameters={backend.ERROR_CODE_PARAMETER: True},
+            parameters={backend.ERROR_CODE_PARAMETER: True, backend.EXPECTED_CONFIG_PARAMETER: self.config.name},
         )
         return await child.async_exec()

@@ -182,7 +182,8 @@ class PlannerParams:
 
 @dataclasses.dataclass(frozen=True)
 class CombinedParams:
-    config: PolicyConfig
+    """The ensemble's own parameters; its inputs and outputs follow its action model (see ``inherit``)."""
+
     action_model: str
     planner_model: str
     # A planner call that takes longer is abandoned: the action runs with the robot's own prompt.
@@ -191,7 +192,6 @@ class CombinedParams:
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> CombinedParams:
         return cls(
-            config=_policy_config(params),
             action_model=params.get("action_model", "") or "action",
             planner_model=params.get("planner_model", "") or "planner",
             planner_timeout_ms=_int(params, "planner_timeout_ms", 10_000),

@@ -9,8 +9,8 @@ import triton_python_backend_utils as pb_utils
 
 from openpi_triton.native.configs import get_policy_config
 from openpi_triton.native.planner import PlannerInput, PlannerOptions, SubtaskPlanner, load_planner
-from openpi_triton.triton import backend, io_spec
-from openpi_triton.triton.model_params import PlannerParams, read_parameters
+from openpi_triton.triton import backend, inherit, io_spec
+from openpi_triton.triton.model_params import PlannerParams
 
 
 def splice_action_prompt(template: str, task: str, subtask: str) -> str:
@@ -21,14 +21,17 @@ def splice_action_prompt(template: str, task: str, subtask: str) -> str:
 class PlannerModel:
     planner: SubtaskPlanner
 
-    @staticmethod
-    def auto_complete_config(auto_complete_model_config: Any) -> Any:
-        params = read_parameters(auto_complete_model_config.as_dict())
-        config = get_policy_config(params.get("model_config_name", ""))
+    @classmethod
+    def auto_complete_config(cls, auto_complete_model_config: Any) -> Any:
+        params = backend.auto_complete_parameters(cls, auto_complete_model_config, inherit.PLANNER_INHERITS)
+        try:
+            config = get_policy_config(params.get("model_config_name", ""))
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"parameter 'model_config_name': {exc}") from None
         return backend.add_io(auto_complete_model_config, io_spec.planner_inputs(config), io_spec.planner_outputs())
 
     def initialize(self, args: dict[str, str]) -> None:
-        self.params = backend.parse_parameters(PlannerParams.parse, args)
+        self.params = backend.parse_parameters(PlannerParams.parse, args, inherit.PLANNER_INHERITS)
         checkpoint_dir, tokenizer_path = backend.resolve_weights(self.params.checkpoint_dir, self.params.tokenizer_path)
         options = PlannerOptions(
             max_generation_tokens=self.params.max_generation_tokens,
@@ -40,6 +43,7 @@ class PlannerModel:
         device = backend.jax_device(args)
         self.planner = backend.load_or_fail(args, lambda: load_planner(checkpoint_dir, options, device))
         self.inputs = io_spec.planner_inputs(self.params.config)
+        self.model_name = args["model_name"]
         served = backend.served_labels(self.params.config.name, self.params.checkpoint_dir)
         self.metrics = backend.ModelMetrics.create(args["model_name"], "planner", served)
         self.failures = backend.RequestFailures.create(args["model_name"], served)
@@ -50,6 +54,10 @@ class PlannerModel:
         responses: list[Any] = [None] * len(requests)
         batches: list[tuple[int, list[str], list[PlannerInput]]] = []
         for index, request in enumerate(requests):
+            refusal = backend.config_mismatch(request, self.model_name, self.params.config.name)
+            if refusal is not None:
+                responses[index] = refusal
+                continue
             try:
                 rows = backend.read_rows(request, self.inputs, self.params.limits)
                 tasks = [row.get(io_spec.PROMPT, "") for row in rows]
