@@ -10,11 +10,15 @@ It starts its own stack (``python -m openpi_triton.stack``: tritonserver + bridg
 folder, an API key and a QUIC token; see ``perf.attack_stack``) and two witness robots that call it the whole
 time (``perf.attack_witness``): one on WebSocket (openpi-client), one on QUIC (``FlashTransportPolicy``), 4 Hz
 each, fixed noise, every answer compared with the robot's reference. Then the quiet p99 of each witness is
-measured, and the attacks of ``perf.attack_cases`` run one after the other; fault attacks last.
+measured, and the attacks of ``perf.attack_cases`` run one after the other; fault attacks last (SIGKILL for
+the action model's stub, the action QUIC sidecar, tritonserver, the bridge, and finally the stack itself, after
+which none of its children may be left). The QUIC attacks that need a raw client use ``aioquic`` and are
+skipped (SKIP, not FAIL) where it is not installed. A last row judges the witnesses over the whole run,
+between attacks included.
 
 Rules, per attack (any broken rule fails the attack, and the run exits 1):
 - the attacker saw what the fixed stack answers (the ``expected`` column; see ``perf.attack_cases``);
-- witnesses: no wrong answer ever; no error outside fault attacks; every call in flight during the attack
+- witnesses: no wrong answer ever; no error outside fault attacks; every call in flight during a non-fault attack
   (and its settle time) at most 3x the witness's quiet p99 + 50 ms (the floor: on 2 cores a quiet p99 can be
   tiny, and one scheduler hiccup is not a stall);
 - fault attacks: witnesses may see errors, then must answer right again by themselves (3 in a row each)
