@@ -91,7 +91,7 @@ async def start_bridge(config: BridgeConfig) -> RunningBridge:
                 metrics=metrics,
             )
             bridge.servers.append(await local.start(transport.unix_socket_path))
-            logger.warning(
+            logger.info(
                 "%s slot -> Triton model '%s': WebSocket ws://%s:%d, sidecar socket %s",
                 name,
                 slot.model,
@@ -115,7 +115,7 @@ async def start_bridge(config: BridgeConfig) -> RunningBridge:
                 await asyncio.sleep(0.01)
             if not bridge.admin.started:
                 raise RuntimeError(f"the admin API could not listen on {config.admin.host}:{config.admin.port}")
-            logger.warning("admin API on http://%s:%d (docs at /docs)", config.admin.host, config.admin.port)
+            logger.info("admin API on http://%s:%d (docs at /docs)", config.admin.host, config.admin.port)
     except BaseException:
         await bridge.stop()
         raise
@@ -128,7 +128,7 @@ async def serve_forever(config: BridgeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    logger.warning("bridge ready (Triton at %s)", ", ".join(config.triton_urls))
+    logger.info("bridge ready (Triton at %s)", ", ".join(config.triton_urls))
     try:
         await stop.wait()
     finally:

@@ -43,7 +43,7 @@ def planner_mismatch(ensemble: ModelInterface, planner: ModelInterface) -> str |
     if not unknown:
         return None
     return (
-        f"'{ensemble.name}' was loaded for {_served(ensemble)!r} but its planner '{planner.name}' serves "
-        f"{_served(planner)!r} (cameras {unknown[:6]} unknown to the ensemble); requests on this slot fail "
-        "until both serve the same config"
+        f"the planner '{planner.name}' serves {_served(planner)} with cameras {unknown[:6]} that "
+        f"'{ensemble.name}' ({_served(ensemble)}) does not take: the models are being swapped or were edited "
+        "apart, and requests on this slot fail until both serve the same config"
     )

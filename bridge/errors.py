@@ -29,6 +29,8 @@ _EXPLAINED_NAMES = {"ObservationError", "TritonCallError"}
 
 
 def robot_message(exc: BaseException, slot: str) -> str:
+    if type(exc).__name__ == "TritonCallError":
+        return _triton_message(exc)
     if isinstance(exc, _EXPLAINED) or type(exc).__name__ in _EXPLAINED_NAMES:
         return f"{type(exc).__name__}: {exc}"
     logger.exception("%s slot: unexpected error while serving a request", slot, exc_info=exc)
@@ -48,3 +50,14 @@ def outcome_of(exc: BaseException) -> str:
     if isinstance(exc, ServingError):
         return "server_error"
     return "internal"
+
+
+def _triton_message(exc: BaseException) -> str:
+    """A model's own words: a robot mistake it found reads like one the bridge found; other failures name the
+    model and Triton's status in plain words (no gRPC enum names)."""
+    message = str(getattr(exc, "triton_message", exc))
+    if getattr(exc, "invalid_argument", False):
+        return f"ObservationError: {message}"
+    status = str(getattr(exc, "status", "")).removeprefix("StatusCode.").replace("_", " ").lower()
+    model = getattr(exc, "model", "the model")
+    return f"TritonCallError: model '{model}' failed ({status or 'no status'}): {message}"

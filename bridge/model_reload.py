@@ -54,5 +54,5 @@ async def reload_model(gateway: TritonGateway, model: str) -> list[ServerReload]
         except InferenceServerException as exc:
             raise ReloadError(endpoint.url, exc.message() or str(exc), done) from None
         done.append(ServerReload(endpoint.url, time.perf_counter() - start))
-        logger.warning("Triton %s reloaded model '%s' in %.1f s", endpoint.url, model, done[-1].seconds)
+        logger.info("Triton %s reloaded model '%s' in %.1f s", endpoint.url, model, done[-1].seconds)
     return done

@@ -19,7 +19,7 @@ import numpy as np
 
 from openpi_bridge import consistency
 from openpi_bridge.errors import ServingError
-from openpi_bridge.triton_gateway import TritonCallError, TritonGateway
+from openpi_bridge.triton_gateway import ObservationError, TritonCallError, TritonGateway
 from openpi_triton.triton import io_spec
 
 logger = logging.getLogger("openpi_bridge")
@@ -120,7 +120,12 @@ class ActionSlot(Slot):
         extra: dict[str, Any] = {}
         if self.runtime is not None and io_spec.GENERATION_PROMPT_FORMAT in interface.inputs:
             extra[io_spec.GENERATION_PROMPT_FORMAT] = self.runtime.generation_prompt_format
-        outputs = await self.gateway.infer(self.model, obs, extra)
+        try:
+            outputs = await self.gateway.infer(self.model, obs, extra)
+        except ObservationError as exc:
+            # A robot of another embodiment (say, after a swap) learns what this server serves now.
+            served = (await self.gateway.describe(await self._action_model())).parameters.get("model_config_name")
+            raise ObservationError(f"{exc} (this server serves {served!r})" if served else str(exc)) from None
         response: dict[str, Any] = {}
         if io_spec.ACTIONS in outputs:
             response["actions"] = _actions(outputs, self.model)

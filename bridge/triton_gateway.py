@@ -46,6 +46,8 @@ class TritonCallError(RuntimeError):
             # gRPC's own text ("failed to connect to all addresses; last error: ...") says nothing to a robot.
             message = "Triton is not reachable (restarting or down); retry in a few seconds"
         super().__init__(f"{model}: {status}: {message}" if status else f"{model}: {message}")
+        self.model = model
+        self.triton_message = message
         self.status = status
         self.invalid_argument = "INVALID_ARG" in status
         # The server could not be reached or does not have the model: the request never ran there.
@@ -383,10 +385,9 @@ class TritonGateway:
             return cached
         raise error
 
-    def _expire(self, model: str) -> None:
-        """The next :meth:`describe` reads the config again, keeping this one as its fallback."""
-        cached = self._interfaces.get(model)
-        if cached is not None:
+    def _expire_all(self) -> None:
+        """The next :meth:`describe` of each model reads its config again, keeping the last one as fallback."""
+        for model, cached in self._interfaces.items():
             self._interfaces[model] = dataclasses.replace(cached, fetched_at=float("-inf"))
 
     async def ready(self, model: str) -> bool:
@@ -433,7 +434,7 @@ class TritonGateway:
                 self.metrics.triton_call(model, time.perf_counter() - started)
                 return result
             except InferenceServerException as exc:
-                self._expire(model)  # the model may have been swapped: read it again next time
+                self._expire_all()  # this model or one behind it may have been swapped: read them again
                 message = exc.message() or str(exc)
                 status = str(exc.status() or "")
                 self.metrics.triton_call(model, time.perf_counter() - started, status.removeprefix("StatusCode."))

@@ -179,7 +179,8 @@ class WebSocketEndpoint:
         return msgpack_numpy.packb(response)
 
     async def _fail(self, ws: ServerConnection, message: str) -> None:
-        logger.warning("%s slot: closing connection after error: %s", self.slot.name, message)
+        # A robot's own mistake is routine for a fleet server (INFO); the metrics count it by outcome.
+        logger.info("%s slot: closing connection after error: %s", self.slot.name, message)
         try:
             await ws.send(message)
             await ws.close(1011, ERROR_CLOSE_REASON)

@@ -20,8 +20,9 @@ DEFAULT_MAX_PROMPT_BYTES = 2048
 DEFAULT_MAX_FRAME_VALUES = 8192
 # Nesting depth of containers in one frame; an openpi observation nests 3 deep (obs/images/ndarray).
 DEFAULT_MAX_FRAME_DEPTH = 32
-# UTF-8 bytes of a LocalFrame's scalar JSON (prompt, mode and other non-array values).
-DEFAULT_MAX_SCALAR_JSON_BYTES = 64 * 1024
+# UTF-8 bytes of a LocalFrame's scalar JSON (prompt, mode and other non-array values); a 2 KiB prompt fits
+# eight times. JSON amplifies (``[]`` is two bytes but a 56-byte list), so its values count too.
+DEFAULT_MAX_SCALAR_JSON_BYTES = 16 * 1024
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,10 @@ import threading
 import time
 from typing import Any
 
+from pydantic import ValidationError
+
 from openpi_bridge.config import BridgeConfig, load_config
+from openpi_triton.port_check import Port, busy
 from openpi_triton.processes import Backoff, Child, Supervisor, SupervisorError, pump_lines, spawn, stop_process
 from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import (
@@ -142,17 +145,39 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _print_ready(triton: TritonServer, metrics_port: int) -> None:
-    print(
-        "\n[stack] ready. Connect a robot:\n"
-        "  from openpi_client.websocket_client_policy import WebsocketClientPolicy\n"
-        "  policy = WebsocketClientPolicy(host='127.0.0.1', port=8000)   # action slot (planner 8002)\n"
-        "  # openpi-flash robots: FlashTransportPolicy(host='<this host>', port=5555)  (QUIC; planner 5556)\n"
-        f"  Triton gRPC {triton.grpc_url}, HTTP {triton.http_url}, metrics :{metrics_port}/metrics; "
-        "admin http://127.0.0.1:8001/docs\n  Ctrl-C stops everything.\n",
-        file=sys.stderr,
-        flush=True,
-    )
+def _planned_ports(config: BridgeConfig, args: argparse.Namespace) -> list[Port]:
+    ports = [
+        Port("Triton HTTP", "127.0.0.1", args.http_port),
+        Port("Triton gRPC", "127.0.0.1", args.grpc_port),
+        Port("Triton metrics", "0.0.0.0", args.metrics_port),
+    ]
+    for slot, transport in (("action", config.action_transport), ("planner", config.planner_transport)):
+        if getattr(config, slot) is not None:
+            ports.append(Port(f"{slot} WebSocket", config.host, transport.websocket_port))
+            ports.append(Port(f"{slot} QUIC", "0.0.0.0", transport.quic_port, udp=True))
+    if config.admin.enabled:
+        ports.append(Port("admin", config.admin.host, config.admin.port))
+    return ports
+
+
+def _print_ready(triton: TritonServer, config: BridgeConfig, metrics_port: int) -> None:
+    """What really listens, from the configuration the bridge and the sidecars were started with."""
+    action, planner = config.action_transport, config.planner_transport
+    lines = ["", "[stack] ready. Connect a robot:"]
+    if config.action is not None:
+        lines += [
+            "  from openpi_client.websocket_client_policy import WebsocketClientPolicy",
+            f"  policy = WebsocketClientPolicy(host='127.0.0.1', port={action.websocket_port})   # action slot",
+            f"  # openpi-flash robots: FlashTransportPolicy(host='<this host>', port={action.quic_port})  (QUIC)",
+        ]
+    if config.planner is not None:
+        lines.append(f"  planner slot: WebSocket {planner.websocket_port}, QUIC {planner.quic_port}")
+    lines.append(f"  Triton gRPC {triton.grpc_url}, HTTP {triton.http_url}, metrics :{metrics_port}/metrics")
+    if config.admin.enabled:
+        admin = f"http://{config.admin.host}:{config.admin.port}"
+        lines.append(f"  admin {admin}/docs, bridge metrics {admin}/metrics")
+    lines += ["  Ctrl-C stops everything.", ""]
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 class Stack:
@@ -174,17 +199,30 @@ class Stack:
         self.supervisors.append(supervisor)
         return supervisor.wait_first_ready(cancel=self.stop_requested)
 
+    @property
+    def bridge_config_path(self) -> pathlib.Path:
+        if self.args.bridge_config is not None:
+            return pathlib.Path(self.args.bridge_config)
+        path = self.workdir / "bridge.json"
+        if not path.exists():
+            path.write_text(json.dumps({"action": {}, "planner": {}, "triton": {"url": self.triton.grpc_url}}))
+        return path
+
+    @property
+    def bridge_config(self) -> BridgeConfig:
+        """As the bridge will read it: the file and the ``OPENPI_*`` environment overrides."""
+        return load_config(self.bridge_config_path)
+
+    def check_ports(self) -> list[str]:
+        return busy(_planned_ports(self.bridge_config, self.args))
+
     def start(self) -> bool:
         """True once everything serves; False if Ctrl-C came first; raises SupervisorError on a failed start."""
         log("starting tritonserver (models warm up before they report ready) ...")
         if not self._supervise(TritonChild(self.triton, self.watchdog)):
             return False
         self.watchdog.start()
-        config_path = self.args.bridge_config
-        if config_path is None:
-            config_path = self.workdir / "bridge.json"
-            config_path.write_text(json.dumps({"action": {}, "planner": {}, "triton": {"url": self.triton.grpc_url}}))
-        config = load_config(config_path)
+        config_path, config = self.bridge_config_path, self.bridge_config
         env = {**os.environ, "OPENPI_TRITON__URL": self.triton.grpc_url}
         if not self._supervise(BridgeChild(config_path, config, env)):
             return False
@@ -212,8 +250,18 @@ def main(argv: list[str] | None = None) -> int:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="openpi-triton-stack-"))
     stack = Stack(args, stop, workdir)
     try:
+        try:
+            problems = stack.check_ports()
+        except (ValidationError, ValueError, FileNotFoundError) as exc:
+            log(f"invalid bridge configuration: {exc}")
+            return 2
+        if problems:
+            for problem in problems:
+                log(problem)
+            log("stop what holds it, or move the stack (README 'Set-up': SERVE_ARGS, OPENPI_* variables)")
+            return 1
         if stack.start():
-            _print_ready(stack.triton, args.metrics_port)
+            _print_ready(stack.triton, stack.bridge_config, args.metrics_port)
         while not stop.wait(0.5):
             pass
         return 0

@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -132,15 +135,14 @@ def start_bridge_process(triton_url: str, workdir: pathlib.Path, **overrides: ob
         workdir / "bridge.log",
         triton_url,
     )
-    _wait_for_bridge(bridge, starts=1)
+    _wait_for_bridge(bridge)
     return bridge
 
 
 def restart_bridge_process(bridge: BridgeProcess) -> None:
     """Starts the bridge again with the same config file (ports, sockets) after it died or was killed."""
-    starts = bridge.log.read_bytes().count(b"bridge ready") + 1
     bridge.process = _launch_bridge(bridge.log.parent)
-    _wait_for_bridge(bridge, starts)
+    _wait_for_bridge(bridge)
 
 
 def _launch_bridge(workdir: pathlib.Path) -> subprocess.Popen[bytes]:
@@ -152,10 +154,44 @@ def _launch_bridge(workdir: pathlib.Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _wait_for_bridge(bridge: BridgeProcess, starts: int) -> None:
-    """Until the log holds ``starts`` "bridge ready" lines (the bridge listens on every port by then)."""
-    deadline = time.monotonic() + 60
-    while bridge.log.read_bytes().count(b"bridge ready") < starts:
+def _answers_http(port: int, path: str) -> bool:
+    """Any HTTP answer (200, 401, 503...) on 127.0.0.1:port: the endpoint listens."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def _accepts_unix(path: pathlib.Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
+def bridge_listens(bridge: BridgeProcess) -> bool:
+    """Every endpoint of the bridge's config answers: its WebSocket ports, sidecar sockets and admin port."""
+    config = json.loads((bridge.log.parent / "bridge.json").read_text())
+    checks = []
+    for slot, transport in (("action", "action_transport"), ("planner", "planner_transport")):
+        if config.get(slot, {}) is not None and slot in config:
+            checks.append(lambda t=config[transport]: _answers_http(t["websocket_port"], "/healthz"))
+            checks.append(lambda t=config[transport]: _accepts_unix(pathlib.Path(t["unix_socket_path"])))
+    admin = config.get("admin", {})
+    if admin.get("enabled", True) and admin.get("port"):
+        checks.append(lambda: _answers_http(admin["port"], "/metrics"))
+    return all(check() for check in checks)
+
+
+def _wait_for_bridge(bridge: BridgeProcess) -> None:
+    """Until every endpoint answers (the readiness a supervisor sees), or the process dies."""
+    deadline = time.monotonic() + 120
+    while not bridge_listens(bridge):
         if bridge.process.poll() is not None or time.monotonic() > deadline:
             bridge.process.kill()
             raise RuntimeError(f"bridge did not start:\n{bridge.log.read_text()}")

@@ -89,3 +89,46 @@ def test_refusals_and_auth_failures_are_counted(triton_server: TritonServer, tmp
         del held
     finally:
         stop_bridge_process(bridge)
+
+
+def test_admin_lists_what_each_model_serves(bridge: BridgeProcess) -> None:
+    import json
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{bridge.admin_port}/models", timeout=60) as response:
+        (server,) = json.loads(response.read())["servers"]
+    models = {m["name"]: m for m in server["models"]}
+    assert models["action"]["state"] == "READY"
+    assert models["action"]["serves"]["model_config_name"] == "pi05_aloha"
+    assert models["action"]["serves"]["checkpoint_dir"] == "(embedded default)"
+    assert models["planner"]["serves"]["follows"] == "action"
+    assert models["combined_ensemble"]["serves"]["follows"] == "action"
+
+
+def test_every_series_the_grafana_dashboard_plots_is_exported(
+    bridge: BridgeProcess, triton_server: TritonServer
+) -> None:
+    import json
+    import re
+
+    from tests.conftest import REPO_ROOT
+
+    dashboard = json.loads((REPO_ROOT / "docker" / "grafana-dashboard.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b((?:openpi|nv)_\w+)\b", target["expr"])
+    }
+    WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port).infer(aloha_obs(5))  # default mode: planner too
+    with pytest.raises(RuntimeError):  # one failure, so that the failure series have samples
+        WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port).infer(aloha_obs(5, mode="bogus"))
+    exported = bridge_metrics(bridge) + scrape(f"http://127.0.0.1:{triton_server.options.metrics_port}/metrics")
+    expected = {n for n in queried if not n.startswith("nv_gpu")}  # GPU series exist only on a GPU
+
+    def declared(name: str) -> bool:  # a sample, or the family (labelled series appear once used)
+        family = re.sub(r"_(bucket|sum|count|total)$", "", name)
+        pattern = rf"^({name}[{{ ]|# TYPE ({name}|{family}) )"
+        return re.search(pattern, exported, re.MULTILINE) is not None
+
+    missing = sorted(n for n in expected if not declared(n))
+    assert not missing, f"the dashboard plots series nobody exports: {missing}"

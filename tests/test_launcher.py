@@ -8,21 +8,7 @@ import time
 
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import free_ports
-from tests.triton_helpers import copy_model, spawn_module, wait_for_log
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            pids.append(int(entry.name))
-    return pids
+from tests.triton_helpers import copy_model, processes_mentioning, spawn_module, wait_for_log
 
 
 def test_launcher_serves_and_stops_cleanly_on_ctrl_c(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> None:
@@ -49,7 +35,7 @@ def test_launcher_serves_and_stops_cleanly_on_ctrl_c(embedded_default: EmbeddedD
     )
     try:
         wait_for_log(proc, log, "tritonserver ready", timeout=300)
-        assert _processes_mentioning(str(repo)), "tritonserver is not running"
+        assert processes_mentioning(str(repo)), "tritonserver is not running"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0
     finally:
@@ -57,4 +43,4 @@ def test_launcher_serves_and_stops_cleanly_on_ctrl_c(embedded_default: EmbeddedD
             proc.kill()
     time.sleep(1.0)
     # Stubs are started with their model.py path, so this also covers orphaned Python-backend stubs.
-    assert _processes_mentioning(str(repo)) == [], "tritonserver or a stub outlived the launcher"
+    assert processes_mentioning(str(repo)) == [], "tritonserver or a stub outlived the launcher"

@@ -100,8 +100,12 @@ def _frame(arrays: int, scalar_json: bytes) -> bytes:
 
 
 def test_amplifying_frames_are_refused() -> None:
-    with pytest.raises(FrameError, match=r"over the limit of 65536 bytes \(max_scalar_json_bytes\)"):
+    with pytest.raises(FrameError, match=r"over the limit of 16384 bytes \(max_scalar_json_bytes\)"):
         local_frame.unpack(_frame(0, b'{"x":[' + b"[]," * 40_000 + b"[]]}"))
+    with pytest.raises(FrameError, match=r"more than 8192 values \(max_frame_values\)"):  # under the byte cap
+        local_frame.unpack(_frame(0, b'{"x":[' + b"[]," * 5000 + b"[]]}"))
+    commas = '{"prompt":"' + "a, b: c" * 2000 + '"}'  # punctuation inside a string is no value
+    assert local_frame.unpack(_frame(0, commas.encode()))[1]["prompt"].startswith("a, b: c")
     with pytest.raises(FrameError, match="more than 32 deep"):
         local_frame.unpack(_frame(0, b'{"x":' + b"[" * 40 + b"]" * 40 + b"}"))
     with pytest.raises(FrameError, match="more than 32 deep"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import signal
-import time
+import socket
 
 import numpy as np
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
@@ -14,54 +14,85 @@ from openpi_triton.flash_client import FlashTransportPolicy
 from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import free_ports
+from tests.clients import healthz
 from tests.conftest import bridge_config
-from tests.test_launcher import _processes_mentioning
-from tests.triton_helpers import MODEL_REPOSITORY, spawn_module, wait_for_log
+from tests.triton_helpers import MODEL_REPOSITORY, processes_mentioning, spawn_module, wait_until
+
+OBS = EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel")
 
 
-def test_stack_serves_a_robot_and_stops_on_ctrl_c(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> None:
-    http, grpc, metrics = free_ports(3)
+def _stack_args(config_file: pathlib.Path, ports: tuple[int, int, int]) -> list[str]:
+    http, grpc, metrics = ports
+    return [
+        "--model-repository", str(MODEL_REPOSITORY), "--bridge-config", str(config_file),
+        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+    ]  # fmt: skip
+
+
+def _quic_robot(port: int) -> dict:
+    """A QUIC robot's first answer; the sidecar may still be binding its port right after the bridge is up."""
+
+    def ask() -> dict | None:
+        try:
+            robot = FlashTransportPolicy("127.0.0.1", port=port, local_port=0)
+        except (RuntimeError, TimeoutError):
+            return None
+        try:
+            return robot.infer(OBS)
+        finally:
+            robot.close()
+
+    return wait_until(ask, 60, "the QUIC sidecar answers")
+
+
+def test_stack_serves_a_robot_prints_its_real_ports_and_stops_on_ctrl_c(
+    embedded_default: EmbeddedDefault, tmp_path: pathlib.Path
+) -> None:
+    ports = free_ports(3)
     config = bridge_config(tmp_path)
     ws_action = config["action_transport"]["websocket_port"]
-    q1 = config["action_transport"]["quic_port"]
+    quic_action = config["action_transport"]["quic_port"]
     (tmp_path / "bridge.json").write_text(json.dumps(config))
     log = tmp_path / "stack.log"
     stack = spawn_module(
-        "openpi_triton.stack",
-        [
-            "--model-repository",
-            str(MODEL_REPOSITORY),
-            "--bridge-config",
-            str(tmp_path / "bridge.json"),
-            "--http-port",
-            str(http),
-            "--grpc-port",
-            str(grpc),
-            "--metrics-port",
-            str(metrics),
-        ],
-        log,
-        embedded_default.root.parent,
+        "openpi_triton.stack", _stack_args(tmp_path / "bridge.json", ports), log, embedded_default.root.parent
     )
     try:
-        wait_for_log(stack, log, "[stack] ready", timeout=600)
+        wait_until(lambda: healthz(ws_action)[0] == 200 or stack.poll() is not None, 900, "the stack serves")
         robot = WebsocketClientPolicy(host="127.0.0.1", port=ws_action)
         assert robot.get_server_metadata()["action_horizon"] == 50
-        result = robot.infer(EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel"))
+        result = robot.infer(OBS)
         assert result["actions"].shape == (50, 14) and "subtask" in result
-        wait_for_log(stack, log, "Listening for QUIC", timeout=30)
-        quic = FlashTransportPolicy("127.0.0.1", port=q1, local_port=0)
-        try:
-            via_quic = quic.infer(EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel"))
-            assert via_quic["actions"].shape == (50, 14) and "subtask" in via_quic
-        finally:
-            quic.close()
+        via_quic = _quic_robot(quic_action)
+        assert via_quic["actions"].shape == (50, 14) and "subtask" in via_quic
+        # The banner names what listens (the configured ports), not the defaults.
+        banner = wait_until(lambda: "[stack] ready" in log.read_text() and log.read_text(), 60, "the banner")
+        assert f"port={ws_action})" in banner and f"port={quic_action})" in banner
+        assert f"admin http://127.0.0.1:{config['admin']['port']}/docs" in banner
         stack.send_signal(signal.SIGINT)
         assert stack.wait(timeout=120) == 0, log.read_text()[-4000:]
     finally:
         if stack.poll() is None:
             stack.kill()
-    time.sleep(1.0)
-    assert _processes_mentioning(f"--grpc-port={grpc}") == []
-    assert _processes_mentioning(str(tmp_path / "bridge.json")) == []
-    assert _processes_mentioning(str(tmp_path / "a.sock")) == [], "a QUIC sidecar outlived the stack"
+    gone = [f"--grpc-port={ports[1]}", str(tmp_path / "bridge.json"), str(tmp_path / "a.sock")]
+    wait_until(lambda: not any(processes_mentioning(text) for text in gone), 30, "no child outlives the stack")
+
+
+def test_a_busy_port_stops_the_stack_before_any_model_loads(
+    embedded_default: EmbeddedDefault, tmp_path: pathlib.Path
+) -> None:
+    ports = free_ports(3)
+    config = bridge_config(tmp_path)
+    (tmp_path / "bridge.json").write_text(json.dumps(config))
+    log = tmp_path / "stack.log"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", config["action_transport"]["websocket_port"]))
+        holder.listen()
+        stack = spawn_module(
+            "openpi_triton.stack", _stack_args(tmp_path / "bridge.json", ports), log, embedded_default.root.parent
+        )
+        assert stack.wait(timeout=120) == 1
+    text = log.read_text()
+    port = config["action_transport"]["websocket_port"]
+    assert f"action WebSocket port {port}/tcp on 127.0.0.1 is in use by another process" in text
+    assert "starting tritonserver" not in text and "Traceback" not in text

@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -39,8 +39,7 @@ from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports, remove_stale_shm_regions
 from openpi_triton.triton.watchdog import StubWatchdog, WatchdogOptions
 from tests.conftest import REPO_ROOT, bridge_config
-from tests.test_launcher import _processes_mentioning
-from tests.triton_helpers import copy_model, infer_inputs, spawn_module
+from tests.triton_helpers import copy_model, infer_inputs, processes_mentioning, spawn_module, wait_until
 
 OBS = EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel")
 # With the noise given, an answer is reproducible: the same before and after a restart.
@@ -54,16 +53,6 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
 
 
 # --- building blocks ---------------------------------------------------------------------------------------
@@ -300,7 +289,7 @@ def test_the_watchdog_follows_a_restarted_tritonserver(
         wait_until(lambda: watchdog.watched_stubs("action") == {"action_0_0"}, 30, "the watchdog knows the new stub")
         assert watchdog.reloads == [], "a restarted server's models were reloaded for nothing"
 
-        (stub,) = [p for p in _processes_mentioning(f"{repo}/action/") if alive(p) and p != new_pid]
+        (stub,) = [p for p in processes_mentioning(f"{repo}/action/") if alive(p) and p != new_pid]
         os.kill(stub, signal.SIGKILL)
         wait_until(lambda: watchdog.reloads == ["action"], 30, "the watchdog reloads the model of the dead stub")
 
@@ -339,19 +328,19 @@ class RunningStack:
 
     def triton_pid(self) -> int | None:
         """The tritonserver process (not its stubs, whose command line names the repository only)."""
-        found = [p for p in _processes_mentioning(f"--grpc-port={self.grpc_port}") if alive(p)]
+        found = [p for p in processes_mentioning(f"--grpc-port={self.grpc_port}") if alive(p)]
         return found[0] if len(found) == 1 else None
 
     def bridge_pids(self) -> list[int]:
-        return [p for p in _processes_mentioning(str(self.bridge_config)) if alive(p) and p != self.process.pid]
+        return [p for p in processes_mentioning(str(self.bridge_config)) if alive(p) and p != self.process.pid]
 
     def sidecar_pids(self) -> list[int]:
-        return [p for p in _processes_mentioning(self.action_socket) if alive(p)]
+        return [p for p in processes_mentioning(self.action_socket) if alive(p)]
 
     def children(self) -> list[int]:
         """Everything the stack started: tritonserver, its stubs, the bridge, the sidecars."""
         mentions = (str(self.repository), str(self.bridge_config), f"{self.action_socket} ")
-        return sorted({p for text in mentions for p in _processes_mentioning(text) if alive(p)} - {self.process.pid})
+        return sorted({p for text in mentions for p in processes_mentioning(text) if alive(p)} - {self.process.pid})
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-6000:]

@@ -151,6 +151,25 @@ def _merge(tree: dict[str, Any], scalars: Mapping[str, Any], prefix: str = "") -
             tree[key] = value
 
 
+def _exact_count(text: str) -> int:
+    """JSON values outside strings (commas and colons inside a prompt do not count): a linear scan, run only
+    when the quick bound is over the limit."""
+    values, in_string, escaped = 1, False, False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in ",:[{":
+            values += 1
+    return values
+
+
 def _check_depth(value: Any, max_depth: int) -> None:
     todo = [(value, 1)]
     while todo:
@@ -161,7 +180,15 @@ def _check_depth(value: Any, max_depth: int) -> None:
         todo.extend((child, depth + 1) for child in children)
 
 
-def _scalars(text: str, limits: FrameLimits) -> dict[str, Any]:
+def _count_upper_bound(text: str) -> int:
+    """At least the number of JSON values in ``text``: each one after the first follows a ',' or ':' or opens
+    a container (string contents may inflate the count, never deflate it)."""
+    return 1 + text.count(",") + text.count(":") + text.count("[") + text.count("{")
+
+
+def _scalars(text: str, limits: FrameLimits, arrays: int) -> dict[str, Any]:
+    if arrays + _count_upper_bound(text) > limits.max_values and _exact_count(text) + arrays > limits.max_values:
+        raise FrameError(f"LocalFrame holds more than {limits.max_values} values (max_frame_values)")
     try:
         scalars = json.loads(text) if text else {}
     except json.JSONDecodeError as exc:
@@ -214,7 +241,7 @@ def unpack(body: bytes | memoryview, limits: FrameLimits = DEFAULT_FRAME_LIMITS)
     text = reader.text(json_len, "scalar JSON")
     if reader.pos != len(reader.data):
         raise FrameError(f"LocalFrame has {len(reader.data) - reader.pos} trailing bytes")
-    _merge(tree, _scalars(text, limits))
+    _merge(tree, _scalars(text, limits, count))
     return schema_id, tree
 
 

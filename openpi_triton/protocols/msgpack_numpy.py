@@ -43,7 +43,7 @@ def _dtype(value: Any) -> np.dtype:
         raise DecodeError(f"ndarray dtype must be a string such as '<f4', got {type(value).__name__}")
     try:
         dtype = np.dtype(value)
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):  # numpy parses "," and "(" forms itself and may raise any
         raise DecodeError(f"unknown ndarray dtype {value!r}") from None
     if dtype.kind not in _ALLOWED_KINDS or dtype.fields is not None or dtype.subdtype is not None:
         raise DecodeError(f"unsupported ndarray dtype {value!r}; expected a numeric, bool or string dtype")

@@ -102,14 +102,27 @@ def finish_responses(requests: Sequence[Any], responses: list[Any], failures: Re
     return responses
 
 
-def child_error(response: Any) -> Any:
-    """A BLS child's error with its real code restored from the tag (INTERNAL when untagged, e.g. Triton's own)."""
+def child_error(response: Any, child: str, parent_config: str) -> Any:
+    """A BLS child's error with its real code restored from the tag.
+
+    An untagged error never came from the child model: Triton refused the request before the child ran. The
+    ensemble forwards exactly the inputs it declares, which are the child's own at the ensemble's load, so a
+    refused input means the child now serves another interface (a half-done swap): said so, as UNAVAILABLE.
+    Other refusals (the child is not loaded, say) are UNAVAILABLE too, with Triton's words.
+    """
     message = response.error().message()
     match = _CODE_TAG.search(message)
-    if match is None:
-        return pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL)
-    code = getattr(pb_utils.TritonError, match.group(1), pb_utils.TritonError.INTERNAL)
-    return pb_utils.TritonError(message[: match.start()], code)
+    if match is not None:
+        code = getattr(pb_utils.TritonError, match.group(1), pb_utils.TritonError.INTERNAL)
+        return pb_utils.TritonError(message[: match.start()], code)
+    if "input" in message:
+        message = (
+            f"the ensemble was loaded for {parent_config!r} but '{child}' no longer takes its inputs: the models "
+            f"are being swapped or were edited apart (requests fail until both serve the same config); {message}"
+        )
+    else:
+        message = f"'{child}' is unavailable: {message}"
+    return pb_utils.TritonError(message, pb_utils.TritonError.UNAVAILABLE)
 
 
 def is_refusal(error: Any) -> bool:

@@ -99,7 +99,9 @@ class CombinedModel:
             self.params.action_model, request, self.action_inputs, ACTION_OUTPUTS, prompt_override
         )
         if action.has_error():
-            return pb_utils.InferenceResponse(error=backend.child_error(action))
+            return pb_utils.InferenceResponse(
+                error=backend.child_error(action, self.params.action_model, self.config.name)
+            )
         outputs = [pb_utils.get_output_tensor_by_name(action, name) for name in ACTION_OUTPUTS]
         if subtask is not None:
             texts, ms, _ = subtask
@@ -114,7 +116,7 @@ class CombinedModel:
                 timeout=self.params.planner_timeout_ms / 1000.0,
             )
             if result.has_error():
-                error = backend.child_error(result)
+                error = backend.child_error(result, self.params.planner_model, self.config.name)
                 if backend.is_refusal(error):
                     raise ChildRefusedError(error)
                 raise RuntimeError(error.message())

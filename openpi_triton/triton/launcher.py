@@ -41,6 +41,17 @@ SHM_DIRECTORY = pathlib.Path("/dev/shm")
 SHM_REGION_PREFIX = "triton_python_backend_shm_region_"
 
 
+# Lines tritonserver prints at start on a machine without a GPU (or its driver); harmless there.
+CPU_ONLY_NOISE = (
+    "Failed to initialize NVML",
+    "DCGM unable to start",
+    "Unable to get CUDA device count",
+    "CUDA driver version is insufficient",
+    "cudaGetDeviceCount",
+    "found no CUDA",
+)
+
+
 class LauncherError(RuntimeError):
     """tritonserver could not be set up or did not become ready."""
 
@@ -209,9 +220,16 @@ class TritonServer:
 
     def _pump_logs(self) -> None:
         assert self.process is not None and self.process.stdout is not None
+        explained = False
         for line in self.process.stdout:
             self.log_lines.append(line)
             del self.log_lines[:-2000]
+            if any(marker in line for marker in CPU_ONLY_NOISE):
+                # On a machine without a GPU these look fatal and are not: one line that says so instead.
+                if not explained:
+                    self.log_stream.write(f"{self.log_prefix}no GPU found (NVML/DCGM/CUDA unavailable): CPU only\n")
+                    explained = True
+                continue
             self.log_stream.write(self.log_prefix + line)
             self.log_stream.flush()
 

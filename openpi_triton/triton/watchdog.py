@@ -33,6 +33,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from openpi_triton.triton.follower import DependentFollower
+
 if TYPE_CHECKING:
     import tritonclient.grpc as grpcclient
 
@@ -59,6 +61,9 @@ class WatchdogOptions:
     # A file holding the current tritonserver pid, re-read before every check (a supervisor that restarts
     # tritonserver rewrites it); a pid written there replaces ``triton_pid``.
     triton_pid_file: pathlib.Path | None = None
+    # Triton's --model-control-mode: how the models that follow an action model are reloaded after it
+    # changes (see openpi_triton.triton.follower); needs ``repository``.
+    model_control_mode: str = "poll"
 
 
 class StubWatchdog:
@@ -73,6 +78,9 @@ class StubWatchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stub-watchdog", daemon=True)
         self._next_pid: int | None = None  # set by follow(), taken up by the watchdog's thread
+        self.follower = (
+            DependentFollower(options.repository, options.model_control_mode) if options.repository else None
+        )
         self._file_pid: int | None = None  # the pid last read from triton_pid_file
 
     def follow(self, triton_pid: int) -> None:
@@ -135,9 +143,12 @@ class StubWatchdog:
         self._reloading.clear()
 
     def check_once(self, client: grpcclient.InferenceServerClient) -> None:
-        """One pass: reloads every loaded model that cannot serve (recorded in :attr:`reloads`)."""
+        """One pass: reloads every loaded model that cannot serve (recorded in :attr:`reloads`), and the models
+        that follow an action model whose parameters changed."""
         if not client.is_server_live(client_timeout=QUERY_TIMEOUT_S):
             return
+        if self.follower is not None:
+            self.follower.check_once(client)
         stubs = live_stub_instances(self.options.triton_pid) if self.options.triton_pid else {}
         for entry in _model_index(client):
             name = entry["name"]
@@ -258,10 +269,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repository", type=pathlib.Path, help="the model repository (needed in poll mode)")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between checks")
+    parser.add_argument(
+        "--model-control-mode",
+        choices=("poll", "explicit", "none"),
+        default="poll",
+        help="Triton's mode: how models that follow an edited action model are reloaded",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[watchdog] %(message)s", stream=sys.stderr)
     options = WatchdogOptions(
-        args.url, args.triton_pid, args.repository, args.interval, triton_pid_file=args.triton_pid_file
+        args.url,
+        args.triton_pid,
+        args.repository,
+        args.interval,
+        triton_pid_file=args.triton_pid_file,
+        model_control_mode=args.model_control_mode,
     )
     watchdog = StubWatchdog(options).start()
     try:
