@@ -49,8 +49,10 @@ bench: venv
 # The whole stack on the embedded default: Triton (HTTP 8100, gRPC 8101, metrics 8102, poll mode) with
 # model_repository/, and the bridge (WebSocket 8000 action / 8002 planner, admin 127.0.0.1:8001).
 # plus one supervised QUIC sidecar per slot (UDP 5555 action / 5556 planner). Ctrl-C stops everything.
+# Elsewhere: SERVE_ARGS="--bridge-config my.json --http-port 9100 --grpc-port 9101 --metrics-port 9102", or
+# OPENPI_* variables for single bridge fields (OPENPI_ACTION_TRANSPORT__WEBSOCKET_PORT=9000 make serve).
 serve: default-model flash-transport-release
-	$(PY) -m openpi_triton.stack --model-repository model_repository
+	$(PY) -m openpi_triton.stack --model-repository model_repository $(SERVE_ARGS)
 
 # perf_analyzer from the tritonclient 2.51.0 wheel (needs Debian's libb64-0d); ARGS pass through, e.g.
 # make perf-analyzer ARGS="-m action -u 127.0.0.1:8101 -i grpc --input-data action.json"
