@@ -229,8 +229,10 @@ supervise_triton() {
 start_watchdog() {
   # Triton does not restart a crashed Python stub: the watchdog reloads that model (in poll mode by touching
   # the model's version folder, so it needs a writable repository; see openpi_triton/triton/watchdog.py).
+  # It also reloads the planner and combined_ensemble after their action model changed (follower.py).
   start watchdog python -m openpi_triton.triton.watchdog --url "127.0.0.1:${TRITON_GRPC_PORT}" \
-    --triton-pid-file "$TRITON_PID_FILE" --repository "$MODEL_REPOSITORY"
+    --triton-pid-file "$TRITON_PID_FILE" --repository "$MODEL_REPOSITORY" \
+    --model-control-mode "$TRITON_MODEL_CONTROL_MODE"
 }
 
 wait_for_triton() {

@@ -3,6 +3,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use openpi_flash_transport::parent_watch::ParentWatch;
 use openpi_flash_transport::{client, server};
+use std::io::IsTerminal;
 
 #[derive(Parser)]
 #[command(about = "Transport layer (QUIC + Arrow IPC) for openpi-triton, wire-compatible with openpi-flash")]
@@ -29,6 +30,8 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into log files or a supervisor's pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match Cli::parse().command {
         Command::Server(args) => server::run(args, parent).await,
