@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -15,11 +17,19 @@ from collections.abc import Iterator
 
 import pytest
 
+from openpi_triton.flash_client import find_binary
 from openpi_triton.native.planner import PlannerOptions, SubtaskPlanner, load_planner
 from openpi_triton.native.policy import NativePolicy, PolicyOptions, load_policy
 from openpi_triton.native.tiny import EmbeddedDefault, ensure_embedded_default
 from openpi_triton.processes import stop_process
-from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
+from openpi_triton.triton.launcher import (
+    ServerOptions,
+    TritonPaths,
+    TritonServer,
+    build_backend_dir,
+    free_ports,
+    server_environment,
+)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 GOLDEN_DIR = REPO_ROOT.parent / "shared" / "golden"
@@ -208,3 +218,62 @@ def bridge(triton_server: TritonServer, tmp_path_factory: pytest.TempPathFactory
     running = start_bridge_process(triton_server.grpc_url, tmp_path_factory.mktemp("bridge"))
     yield running
     stop_bridge_process(running)
+
+
+# ----------------------------------------------------- the docker entrypoint, run on this machine
+
+ENTRYPOINT = REPO_ROOT / "docker" / "entrypoint.sh"
+
+
+@pytest.fixture()
+def container_env(tmp_path: pathlib.Path, embedded_default: EmbeddedDefault) -> dict[str, str]:
+    """What the image provides, on this machine: ``tritonserver`` on PATH (the wheel's binary), its backend
+    directory, the sidecar binary, the venv's Python first on PATH; every port free, sockets in tmp_path."""
+    paths = TritonPaths.from_wheel()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tritonserver").symlink_to(paths.binary)
+    backends = build_backend_dir(paths, tmp_path / "backends")
+    env = server_environment(paths)
+    http, grpc, metrics = free_ports(3)
+    config = bridge_config(tmp_path)
+    (tmp_path / "bridge.json").write_text(json.dumps(config))
+    env.update(
+        PATH=os.pathsep.join((str(bin_dir), env["PATH"])),
+        MODEL_REPOSITORY=str(REPO_ROOT / "model_repository"),
+        TRITON_EXTRA_ARGS=f"--backend-directory={backends}",
+        TRITON_HTTP_PORT=str(http),
+        TRITON_GRPC_PORT=str(grpc),
+        TRITON_METRICS_PORT=str(metrics),
+        TRITON_REPOSITORY_POLL_SECS="2",
+        TRITON_READY_TIMEOUT="600",
+        BRIDGE_CONFIG=str(tmp_path / "bridge.json"),
+        OPENPI_ADMIN__HOST="127.0.0.1",  # the container default (0.0.0.0) is for a published port
+        OPENPI_TRITON_HOME=str(embedded_default.root.parent),
+        OPENPI_FLASH_TRANSPORT_BINARY=str(find_binary()),
+    )
+    for key in [k for k in env if k.startswith("OPENPI_ROLE") or k.startswith("OPENPI_TRITON__")]:
+        del env[key]
+    return env
+
+
+@pytest.fixture()
+def spawn_entrypoint(tmp_path: pathlib.Path) -> Iterator[object]:
+    """Starts ``entrypoint.sh ROLE`` in its own session; whatever is left of it is killed afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(role: str, env: dict[str, str], log: pathlib.Path) -> subprocess.Popen[bytes]:
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [str(ENTRYPOINT), role], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        started.append(process)
+        return process
+
+    yield spawn
+    for process in started:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=30)

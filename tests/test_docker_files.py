@@ -13,20 +13,15 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import yaml
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-from openpi_triton.flash_client import find_binary
 from openpi_triton.native.embodiments import EMBODIMENTS
-from openpi_triton.native.tiny import EmbeddedDefault
-from openpi_triton.triton.launcher import TritonPaths, build_backend_dir, free_ports, server_environment
-from tests.conftest import bridge_config
-from tests.test_launcher import _processes_mentioning
-from tests.triton_helpers import MODEL_REPOSITORY, wait_for_log
+from openpi_triton.triton.launcher import free_ports
+from tests.triton_helpers import processes_mentioning, wait_for_log
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCKER = REPO_ROOT / "docker"
@@ -116,60 +111,6 @@ def test_entrypoint_rejects_an_unknown_model_control_mode() -> None:
     assert result.returncode == 2 and "must be poll, explicit or none, got 'sometimes'" in result.stderr, result
 
 
-@pytest.fixture()
-def container_env(tmp_path: pathlib.Path, embedded_default: EmbeddedDefault) -> dict[str, str]:
-    """What the image provides, on this machine: ``tritonserver`` on PATH (the wheel's binary), its backend
-    directory, the sidecar binary, the venv's Python first on PATH; every port free, sockets in tmp_path."""
-    paths = TritonPaths.from_wheel()
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "tritonserver").symlink_to(paths.binary)
-    backends = build_backend_dir(paths, tmp_path / "backends")
-    env = server_environment(paths)
-    http, grpc, metrics = free_ports(3)
-    config = bridge_config(tmp_path)
-    (tmp_path / "bridge.json").write_text(json.dumps(config))
-    env.update(
-        PATH=os.pathsep.join((str(bin_dir), env["PATH"])),
-        MODEL_REPOSITORY=str(MODEL_REPOSITORY),
-        TRITON_EXTRA_ARGS=f"--backend-directory={backends}",
-        TRITON_HTTP_PORT=str(http),
-        TRITON_GRPC_PORT=str(grpc),
-        TRITON_METRICS_PORT=str(metrics),
-        TRITON_REPOSITORY_POLL_SECS="2",
-        TRITON_READY_TIMEOUT="600",
-        BRIDGE_CONFIG=str(tmp_path / "bridge.json"),
-        OPENPI_ADMIN__HOST="127.0.0.1",  # the container default (0.0.0.0) is for a published port
-        OPENPI_TRITON_HOME=str(embedded_default.root.parent),
-        OPENPI_FLASH_TRANSPORT_BINARY=str(find_binary()),
-    )
-    for key in [k for k in env if k.startswith("OPENPI_ROLE") or k.startswith("OPENPI_TRITON__")]:
-        del env[key]
-    return env
-
-
-@pytest.fixture()
-def spawn_entrypoint(tmp_path: pathlib.Path) -> Iterator[object]:
-    """Starts ``entrypoint.sh ROLE`` in its own session; whatever is left of it is killed afterwards."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def spawn(role: str, env: dict[str, str], log: pathlib.Path) -> subprocess.Popen[bytes]:
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                [str(ENTRYPOINT), role], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        started.append(process)
-        return process
-
-    yield spawn
-    for process in started:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=30)
-
-
 def _config(env: dict[str, str]) -> dict:
     return json.loads(pathlib.Path(env["BRIDGE_CONFIG"]).read_text())
 
@@ -195,9 +136,9 @@ def test_entrypoint_serves_a_robot_and_stops_everything_on_sigterm(
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143, log.read_text()[-4000:]
-    assert _processes_mentioning(f"--grpc-port={container_env['TRITON_GRPC_PORT']}") == []
-    assert _processes_mentioning(container_env["BRIDGE_CONFIG"]) == []
-    assert _processes_mentioning(config["action_transport"]["unix_socket_path"]) == []
+    assert processes_mentioning(f"--grpc-port={container_env['TRITON_GRPC_PORT']}") == []
+    assert processes_mentioning(container_env["BRIDGE_CONFIG"]) == []
+    assert processes_mentioning(config["action_transport"]["unix_socket_path"]) == []
 
 
 def test_entrypoint_exits_non_zero_when_a_child_dies(
@@ -217,4 +158,4 @@ def test_entrypoint_exits_non_zero_when_a_child_dies(
     code = process.wait(timeout=60)
     assert code != 0, log.read_text()
     assert "quic:planner exited with status" in log.read_text()
-    assert _processes_mentioning(container_env["BRIDGE_CONFIG"]) == [], "the bridge outlived the entrypoint"
+    assert processes_mentioning(container_env["BRIDGE_CONFIG"]) == [], "the bridge outlived the entrypoint"

@@ -13,9 +13,7 @@ import time
 import urllib.error
 import urllib.request
 
-from tests.test_docker_files import container_env, spawn_entrypoint  # noqa: F401 - fixtures used below
-from tests.test_launcher import _processes_mentioning
-from tests.triton_helpers import copy_model, wait_for_log
+from tests.triton_helpers import copy_model, processes_mentioning, wait_for_log
 
 
 def _ready(http_port: str) -> bool:
@@ -37,8 +35,8 @@ def _wait_until(condition, timeout: float, what: str):  # type: ignore[no-untype
 
 
 def test_entrypoint_restarts_a_killed_tritonserver(
-    container_env: dict[str, str],  # noqa: F811 - the fixture
-    spawn_entrypoint,  # noqa: F811 - the fixture
+    container_env: dict[str, str],
+    spawn_entrypoint,
     tmp_path: pathlib.Path,
 ) -> None:
     repository = tmp_path / "repo"
@@ -50,16 +48,16 @@ def test_entrypoint_restarts_a_killed_tritonserver(
     wait_for_log(process, log, "[entrypoint] running: triton watchdog", timeout=120)
     _wait_until(lambda: _ready(http) or process.poll() is not None, 600, "Triton is ready")
 
-    (triton,) = _processes_mentioning(f"--grpc-port={grpc}")
-    (watchdog,) = _processes_mentioning(f"--url 127.0.0.1:{grpc}")
+    (triton,) = processes_mentioning(f"--grpc-port={grpc}")
+    (watchdog,) = processes_mentioning(f"--url 127.0.0.1:{grpc}")
     os.kill(triton, signal.SIGKILL)
     _wait_until(lambda: not _ready(http), 30, "the killed server stops answering")
     _wait_until(lambda: _ready(http) or process.poll() is not None, 600, "the restarted server is ready")
 
     assert process.poll() is None, log.read_text()[-4000:]
-    (restarted,) = _processes_mentioning(f"--grpc-port={grpc}")
+    (restarted,) = processes_mentioning(f"--grpc-port={grpc}")
     assert restarted != triton
-    assert _processes_mentioning(f"--url 127.0.0.1:{grpc}") == [watchdog], "the watchdog keeps running"
+    assert processes_mentioning(f"--url 127.0.0.1:{grpc}") == [watchdog], "the watchdog keeps running"
     text = log.read_text()
     assert "[entrypoint] tritonserver exited (signal 9); restarting in 1 s (restart 1)" in text, text[-4000:]
     argv = pathlib.Path(f"/proc/{watchdog}/cmdline").read_bytes().decode().split("\0")
@@ -69,6 +67,6 @@ def test_entrypoint_restarts_a_killed_tritonserver(
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143, log.read_text()[-4000:]
-    assert _processes_mentioning(f"--grpc-port={grpc}") == []
-    assert _processes_mentioning(str(repository)) == [], "a stub or the watchdog outlived the entrypoint"
+    assert processes_mentioning(f"--grpc-port={grpc}") == []
+    assert processes_mentioning(str(repository)) == [], "a stub or the watchdog outlived the entrypoint"
     assert not pid_file.exists()
