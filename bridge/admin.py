@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from openpi_bridge.admin_guard import AdminGuard
 from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.model_reload import POLL_MODE_HINT, ReloadError, reload_model
-from openpi_bridge.model_status import model_status
+from openpi_bridge.model_status import failed_loads, model_status
 from openpi_bridge.slots import RuntimeConfig
 from openpi_bridge.triton_gateway import TritonGateway
 from openpi_triton.prompt_format import validate_prompt_format
@@ -71,10 +71,12 @@ def create_admin_app(
     @app.get("/models")
     async def models() -> dict[str, Any]:
         """Each Triton server's models: state, Triton's reason (why a load failed), what each loaded one serves
-        (config, checkpoint, runtime) or which action model it follows."""
+        (config, checkpoint, runtime) or which action model it follows; and the loads that failed since the
+        last good one (an edit that did not take: poll mode keeps serving the old copy), when recorded on
+        this host."""
         if gateway is None:
             raise HTTPException(503, "the admin API has no Triton connection")
-        return {"servers": await model_status(gateway)}
+        return {"servers": await model_status(gateway), "failed_loads": failed_loads()}
 
     @app.get("/metrics", response_class=Response)
     async def prometheus_metrics() -> Response:

@@ -25,6 +25,14 @@ def _served(config: dict[str, Any]) -> dict[str, Any]:
     return served
 
 
+def failed_loads() -> list[dict[str, Any]]:
+    """Loads that failed and were not fixed since (poll mode keeps the old copy READY meanwhile), as the
+    models recorded them on this host (``openpi_triton.load_status``); empty for a Triton on another host."""
+    from openpi_triton import load_status
+
+    return load_status.failures()
+
+
 async def model_status(gateway: TritonGateway) -> list[dict[str, Any]]:
     servers = []
     for endpoint in gateway.endpoints:

@@ -17,7 +17,6 @@ import queue
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -169,30 +168,14 @@ class FlashTransportPolicy(base_policy.BasePolicy):
             time.sleep(0.1)
         raise TimeoutError(f"{BINARY_NAME} client did not open {self._socket_path} within {STARTUP_TIMEOUT_S} s")
 
-    def _recv_exact(self, n: int) -> bytes | None:
-        assert self._sock is not None
-        data = bytearray()
-        while len(data) < n:
-            chunk = self._sock.recv(n - len(data))
-            if not chunk:
-                if not data:
-                    return None
-                raise ConnectionError(f"{BINARY_NAME} disconnected in the middle of a message")
-            data += chunk
-        return bytes(data)
-
     def _request(self, request: MessageType, expected: MessageType, body: bytes = b"") -> bytes:
         if self._sock is None:
             raise ConnectionError(f"{BINARY_NAME} is closed")
         self._sock.sendall(local_frame.envelope(request, body))
-        header = self._recv_exact(4)
-        if header is None:
-            raise ConnectionError(f"{BINARY_NAME} disconnected unexpectedly")
-        (length,) = struct.unpack(">I", header)
-        payload = self._recv_exact(length) if length else b""
-        if not payload:
-            raise RuntimeError(f"empty response from {BINARY_NAME}")
-        kind, reply = payload[0], payload[1:]
+        message = local_frame.recv_envelope(self._sock)
+        if message is None:
+            raise ConnectionError(f"{BINARY_NAME} disconnected before its answer was complete")
+        kind, reply = message
         if kind == MessageType.ERROR:
             raise RuntimeError(f"Error from {BINARY_NAME}:\n{reply.decode('utf-8', errors='replace')}")
         if kind != expected:

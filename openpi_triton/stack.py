@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -244,6 +245,8 @@ class Stack:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    # The stub watchdog and the follower run in this process: their lifecycle lines at INFO, prefixed.
+    logging.basicConfig(level=logging.INFO, format="[watchdog] %(message)s", stream=sys.stderr)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -18,6 +18,8 @@ import socket
 import struct
 import time
 
+from openpi_triton.protocols import local_frame
+
 OP_TEXT, OP_BINARY, OP_CLOSE = 0x1, 0x2, 0x8
 LOOPBACK = "127.0.0.1"
 
@@ -209,16 +211,6 @@ class LocalReply:
         return f"{name}{text} in {self.seconds:.1f}s"
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return bytes(data)
-
-
 def local_frame_exchange(path: str, message: bytes, timeout_s: float = 30.0) -> LocalReply:
     """Sends ``message`` (a whole envelope, or a hostile one) on the sidecar socket and reads one reply."""
     began = time.monotonic()
@@ -230,11 +222,11 @@ def local_frame_exchange(path: str, message: bytes, timeout_s: float = 30.0) -> 
             sock.sendall(message)
         except OSError:
             pass  # closed early: the reply (if any) says why
-        header = _recv_exact(sock, 4)
+        header = local_frame.recv_exact(sock, 4)
         if header is None:
             return LocalReply(None, b"", time.monotonic() - began)
         (length,) = struct.unpack(">I", header)
-        payload = _recv_exact(sock, min(length, 1 << 20)) or b""
+        payload = local_frame.recv_exact(sock, min(length, 1 << 20)) or b""
         return LocalReply(payload[0] if payload else None, payload[1:], time.monotonic() - began)
     except TimeoutError:
         return LocalReply(None, b"", time.monotonic() - began, timed_out=True)

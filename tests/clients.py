@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import struct
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,18 +24,10 @@ class SidecarClient:
         return self.read()
 
     def read(self) -> tuple[int, bytes]:
-        (length,) = struct.unpack(">I", self._exact(4))
-        payload = self._exact(length)
-        return payload[0], payload[1:]
-
-    def _exact(self, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = self.sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("bridge closed the socket")
-            data += chunk
-        return data
+        message = local_frame.recv_envelope(self.sock)
+        if message is None:
+            raise ConnectionError("bridge closed the socket")
+        return message
 
 
 def scrape(url: str) -> str:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import time
 import urllib.error
 import urllib.request
 
-from tests.triton_helpers import copy_model, processes_mentioning, wait_for_log
+from tests.triton_helpers import copy_model, processes_mentioning, wait_for_log, wait_until
 
 
 def _ready(http_port: str) -> bool:
@@ -22,16 +21,6 @@ def _ready(http_port: str) -> bool:
             return answer.status == 200
     except (urllib.error.URLError, OSError):
         return False
-
-
-def _wait_until(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
 
 
 def test_entrypoint_restarts_a_killed_tritonserver(
@@ -46,13 +35,13 @@ def test_entrypoint_restarts_a_killed_tritonserver(
     log = tmp_path / "entrypoint.log"
     process = spawn_entrypoint("triton", container_env, log)
     wait_for_log(process, log, "[entrypoint] running: triton watchdog", timeout=120)
-    _wait_until(lambda: _ready(http) or process.poll() is not None, 600, "Triton is ready")
+    wait_until(lambda: _ready(http) or process.poll() is not None, 600, "Triton is ready")
 
     (triton,) = processes_mentioning(f"--grpc-port={grpc}")
     (watchdog,) = processes_mentioning(f"--url 127.0.0.1:{grpc}")
     os.kill(triton, signal.SIGKILL)
-    _wait_until(lambda: not _ready(http), 30, "the killed server stops answering")
-    _wait_until(lambda: _ready(http) or process.poll() is not None, 600, "the restarted server is ready")
+    wait_until(lambda: not _ready(http), 30, "the killed server stops answering")
+    wait_until(lambda: _ready(http) or process.poll() is not None, 600, "the restarted server is ready")
 
     assert process.poll() is None, log.read_text()[-4000:]
     (restarted,) = processes_mentioning(f"--grpc-port={grpc}")

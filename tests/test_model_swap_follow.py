@@ -7,8 +7,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -21,11 +19,12 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.native.policy import PolicyOptions, load_policy
 from openpi_triton.native.tiny import EmbeddedDefault
+from openpi_triton.processes import stop_process
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 from openpi_triton.triton.watchdog import StubWatchdog, WatchdogOptions
 from tests.clients import healthz
 from tests.conftest import bridge_config, start_bridge_process, stop_bridge_process
-from tests.triton_helpers import copy_model, set_parameter, spawn_module
+from tests.triton_helpers import copy_model, set_parameter, spawn_module, stack_args
 
 # What a robot may read while the models switch: each names the situation (never a per-tensor error).
 CLEAR_ERRORS = ("being swapped", "this server serves", "is not ready", "not reachable", "unavailable")
@@ -120,9 +119,7 @@ def poll_stack(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> Ite
     repository = _repository(tmp_path)
     config = bridge_config(tmp_path)
     (tmp_path / "bridge.json").write_text(json.dumps(config))
-    http, grpc, metrics = free_ports(3)
-    args = ["--model-repository", str(repository), "--bridge-config", str(tmp_path / "bridge.json")]
-    args += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    args = stack_args(repository, tmp_path / "bridge.json", free_ports(3))
     process = spawn_module("openpi_triton.stack", args, tmp_path / "stack.log", embedded_default.root.parent)
     port = config["action_transport"]["websocket_port"]
     try:
@@ -133,12 +130,7 @@ def poll_stack(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> Ite
             time.sleep(0.5)
         yield repository, port
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=120)  # SIGTERM: the stack stops everything as on Ctrl-C
 
 
 def test_poll_mode_one_edit_swaps_the_embodiment(

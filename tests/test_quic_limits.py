@@ -35,25 +35,6 @@ METADATA = {"served_by": "fake-backend"}
 READY_TIMEOUT_S = 30.0
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return bytes(data)
-
-
-def recv_message(sock: socket.socket) -> tuple[int, bytes] | None:
-    header = recv_exact(sock, 4)
-    if header is None:
-        return None
-    payload = recv_exact(sock, struct.unpack(">I", header)[0])
-    assert payload, "truncated message"
-    return payload[0], payload[1:]
-
-
 class _EchoBackend(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         replies = {
@@ -61,7 +42,7 @@ class _EchoBackend(socketserver.BaseRequestHandler):
             MessageType.INFER: lambda body: (MessageType.INFER_RESPONSE, body),
             MessageType.RESET: lambda body: (MessageType.RESET_RESPONSE, b""),
         }
-        while (message := recv_message(self.request)) is not None:
+        while (message := local_frame.recv_envelope(self.request)) is not None:
             kind, body = message
             self.request.sendall(local_frame.envelope(*replies[MessageType(kind)](body)))
 
@@ -186,31 +167,31 @@ def test_client_sidecar_answers_broken_local_requests_with_an_error_and_stays_us
             sock.connect(str(path))
             sock.settimeout(10)
             sock.sendall(local_frame.envelope(MessageType.METADATA))
-            assert recv_message(sock) == (MessageType.METADATA_RESPONSE, msgpack_numpy.packb(METADATA))
+            assert local_frame.recv_envelope(sock) == (MessageType.METADATA_RESPONSE, msgpack_numpy.packb(METADATA))
             # A well-framed INFER whose LocalFrame is malformed (an array with an empty path).
             sock.sendall(local_frame.envelope(MessageType.INFER, b"\x07unknown\x00\x01\x00"))
-            kind, text = recv_message(sock) or (None, b"")
+            kind, text = local_frame.recv_envelope(sock) or (None, b"")
             assert kind == MessageType.ERROR and b"malformed INFER request" in text and b"empty path" in text, text
             # Truncated arrays and unknown message types: errors too, and the connection still works.
             body = local_frame.pack(obs(1))
             sock.sendall(local_frame.envelope(MessageType.INFER, body[:-5]))
-            assert (recv_message(sock) or (None,))[0] == MessageType.ERROR
+            assert (local_frame.recv_envelope(sock) or (None,))[0] == MessageType.ERROR
             sock.sendall(struct.pack(">IB", 1, 0x7F))
-            kind, text = recv_message(sock) or (None, b"")
+            kind, text = local_frame.recv_envelope(sock) or (None, b"")
             assert kind == MessageType.ERROR and b"unknown local message type 0x7f" in text, text
             sock.sendall(local_frame.envelope(MessageType.INFER, body))
-            kind, reply = recv_message(sock) or (None, b"")
+            kind, reply = local_frame.recv_envelope(sock) or (None, b"")
             assert kind == MessageType.INFER_RESPONSE
             np.testing.assert_array_equal(local_frame.unpack(reply)[1]["state"], obs(1)["state"])
             # Broken framing (a length over --max-message-bytes): the reason, then the connection closes.
             sock.sendall(struct.pack(">I", 0xFFFFFFFF))
-            kind, text = recv_message(sock) or (None, b"")
+            kind, text = local_frame.recv_envelope(sock) or (None, b"")
             assert kind == MessageType.ERROR and b"exceeds the limit" in text, text
-            assert recv_exact(sock, 1) is None
+            assert local_frame.recv_exact(sock, 1) is None
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # the sidecar itself serves on
             sock.connect(str(path))
             sock.sendall(local_frame.envelope(MessageType.RESET))
-            assert recv_message(sock) == (MessageType.RESET_RESPONSE, b"")
+            assert local_frame.recv_envelope(sock) == (MessageType.RESET_RESPONSE, b"")
     finally:
         client.stop()
         path.unlink(missing_ok=True)

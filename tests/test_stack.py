@@ -16,17 +16,9 @@ from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import free_ports
 from tests.clients import healthz
 from tests.conftest import bridge_config
-from tests.triton_helpers import MODEL_REPOSITORY, processes_mentioning, spawn_module, wait_until
+from tests.triton_helpers import MODEL_REPOSITORY, processes_mentioning, spawn_module, stack_args, wait_until
 
 OBS = EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel")
-
-
-def _stack_args(config_file: pathlib.Path, ports: tuple[int, int, int]) -> list[str]:
-    http, grpc, metrics = ports
-    return [
-        "--model-repository", str(MODEL_REPOSITORY), "--bridge-config", str(config_file),
-        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-    ]  # fmt: skip
 
 
 def _quic_robot(port: int) -> dict:
@@ -54,9 +46,8 @@ def test_stack_serves_a_robot_prints_its_real_ports_and_stops_on_ctrl_c(
     quic_action = config["action_transport"]["quic_port"]
     (tmp_path / "bridge.json").write_text(json.dumps(config))
     log = tmp_path / "stack.log"
-    stack = spawn_module(
-        "openpi_triton.stack", _stack_args(tmp_path / "bridge.json", ports), log, embedded_default.root.parent
-    )
+    args = stack_args(MODEL_REPOSITORY, tmp_path / "bridge.json", ports)
+    stack = spawn_module("openpi_triton.stack", args, log, embedded_default.root.parent)
     try:
         wait_until(lambda: healthz(ws_action)[0] == 200 or stack.poll() is not None, 900, "the stack serves")
         robot = WebsocketClientPolicy(host="127.0.0.1", port=ws_action)
@@ -88,9 +79,8 @@ def test_a_busy_port_stops_the_stack_before_any_model_loads(
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", config["action_transport"]["websocket_port"]))
         holder.listen()
-        stack = spawn_module(
-            "openpi_triton.stack", _stack_args(tmp_path / "bridge.json", ports), log, embedded_default.root.parent
-        )
+        args = stack_args(MODEL_REPOSITORY, tmp_path / "bridge.json", ports)
+        stack = spawn_module("openpi_triton.stack", args, log, embedded_default.root.parent)
         assert stack.wait(timeout=120) == 1
     text = log.read_text()
     port = config["action_transport"]["websocket_port"]

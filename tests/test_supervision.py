@@ -33,13 +33,20 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from openpi_triton.flash_client import FlashTransportPolicy
 from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.native.tiny import EmbeddedDefault
-from openpi_triton.processes import Backoff, Child, Supervisor, SupervisorError, spawn
+from openpi_triton.processes import Backoff, Child, Supervisor, SupervisorError, spawn, stop_process
 from openpi_triton.protocols.local_frame import MessageType
 from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports, remove_stale_shm_regions
 from openpi_triton.triton.watchdog import StubWatchdog, WatchdogOptions
 from tests.conftest import REPO_ROOT, bridge_config
-from tests.triton_helpers import copy_model, infer_inputs, processes_mentioning, spawn_module, wait_until
+from tests.triton_helpers import (
+    copy_model,
+    infer_inputs,
+    processes_mentioning,
+    spawn_module,
+    stack_args,
+    wait_until,
+)
 
 OBS = EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel")
 # With the noise given, an answer is reproducible: the same before and after a restart.
@@ -379,8 +386,7 @@ def stack(embedded_default: EmbeddedDefault, tmp_path_factory: pytest.TempPathFa
     config = bridge_config(work)
     (work / "bridge.json").write_text(json.dumps(config))
     http, grpc, metrics = free_ports(3)
-    args = ["--model-repository", str(repository), "--bridge-config", str(work / "bridge.json")]
-    args += ["--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    args = stack_args(repository, work / "bridge.json", (http, grpc, metrics))
     process = spawn_module("openpi_triton.stack", args, work / "stack.log", embedded_default.root.parent)
     running = RunningStack(
         process,
@@ -398,13 +404,7 @@ def stack(embedded_default: EmbeddedDefault, tmp_path_factory: pytest.TempPathFa
         wait_until(running.sidecar_pids, 60, "the QUIC sidecar runs")
         yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout=120)  # SIGTERM: the stack stops everything as on Ctrl-C
 
 
 def connect_quic(port: int, timeout: float = 60.0) -> FlashTransportPolicy:

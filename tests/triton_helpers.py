@@ -115,3 +115,12 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         time.sleep(0.1)
     raise AssertionError(f"not within {timeout:.0f} s: {what}")
+
+
+def stack_args(repository: pathlib.Path, bridge_json: pathlib.Path, ports: tuple[int, ...]) -> list[str]:
+    """``python -m openpi_triton.stack`` arguments for ``repository``, a bridge config and Triton's three ports."""
+    http, grpc, metrics = ports
+    return [
+        "--model-repository", str(repository), "--bridge-config", str(bridge_json),
+        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+    ]  # fmt: skip

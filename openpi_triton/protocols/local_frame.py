@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import json
+import socket
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -248,3 +249,26 @@ def unpack(body: bytes | memoryview, limits: FrameLimits = DEFAULT_FRAME_LIMITS)
 def envelope(message_type: MessageType, body: bytes = b"") -> bytes:
     """``[length u32 BE][type][body]`` with length = 1 + len(body)."""
     return struct.pack(">IB", len(body) + 1, int(message_type)) + body
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    """``n`` bytes from a blocking socket, or None if the peer closes first."""
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def recv_envelope(sock: socket.socket) -> tuple[int, bytes] | None:
+    """One ``[length][type][body]`` message: (type, body); None if the peer closes before it is complete."""
+    header = recv_exact(sock, 4)
+    if header is None:
+        return None
+    (length,) = struct.unpack(">I", header)
+    payload = recv_exact(sock, length) if length else b""
+    if not payload:
+        return None
+    return payload[0], payload[1:]

@@ -18,12 +18,19 @@ from openpi_triton.triton.model_params import ActionParams, read_parameters
 class ActionModel:
     policy: Any  # NativePolicy or OpenpiPolicy: the same prepare / sample / finish stages
 
-    @staticmethod
-    def auto_complete_config(auto_complete_model_config: Any) -> Any:
-        config = served_config.interface_config(read_parameters(auto_complete_model_config.as_dict()))
-        return backend.add_io(auto_complete_model_config, io_spec.action_inputs(config), io_spec.action_outputs(config))
+    @classmethod
+    def auto_complete_config(cls, auto_complete_model_config: Any) -> Any:
+        def complete() -> Any:
+            config = served_config.interface_config(read_parameters(auto_complete_model_config.as_dict()))
+            inputs, outputs = io_spec.action_inputs(config), io_spec.action_outputs(config)
+            return backend.add_io(auto_complete_model_config, inputs, outputs)
+
+        return backend.guarded_auto_complete(cls, auto_complete_model_config, (), complete)
 
     def initialize(self, args: dict[str, str]) -> None:
+        backend.record_load(args, (), lambda: self._initialize(args))
+
+    def _initialize(self, args: dict[str, str]) -> None:
         self.params = backend.parse_parameters(ActionParams.parse, args)
         if self.params.runtime == "openpi":
             self.policy = self._load_openpi(args)
@@ -35,7 +42,7 @@ class ActionModel:
         self.metrics = backend.ModelMetrics.create(args["model_name"], "action", served)
         self.failures = backend.RequestFailures.create(args["model_name"], served)
         seconds = self.policy.warmup()
-        backend.logger.warning("%s ready: %s, warm-up %s", args["model_name"], self.policy.describe(), seconds)
+        backend.log_info(f"{args['model_name']} ready: {self.policy.describe()}, warm-up {seconds}")
 
     def _load_native(self, args: dict[str, str]) -> Any:
         checkpoint_dir, tokenizer_path = backend.resolve_weights(self.params.checkpoint_dir, self.params.tokenizer_path)

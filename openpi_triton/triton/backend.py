@@ -34,6 +34,14 @@ class RequestError(ValueError):
     """A bad request: becomes INVALID_ARG for that request only."""
 
 
+def log_info(message: str) -> None:
+    """Lifecycle lines at INFO through Triton's own log (its format, its --log-info switch)."""
+    try:
+        pb_utils.Logger.log_info(message)
+    except AttributeError:  # a Python backend without the Logger API
+        logger.info(message)
+
+
 def invalid(message: str) -> Any:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
 
@@ -345,15 +353,70 @@ def resolved_parameters(args: dict[str, str], inherits: Sequence[str] = ()) -> d
         raise pb_utils.TritonModelException(str(exc)) from None
 
 
+def model_dir_of(model_class: type) -> pathlib.Path:
+    """``<repository>/<model>`` of the ``model.py`` (``<model>/<version>/model.py``) defining ``model_class``."""
+    import inspect
+
+    return pathlib.Path(inspect.getfile(model_class)).absolute().parents[1]
+
+
+def _load_fingerprint(model_dir: pathlib.Path, own: dict[str, str], inherits: Sequence[str]) -> str:
+    from openpi_triton import load_status
+    from openpi_triton.triton.inherit import action_model_name, inherited
+
+    source = model_dir.parent / action_model_name(own) / "config.pbtxt" if inherits else None
+    try:
+        checkpoint = inherited(own, model_dir, tuple(inherits)).get("checkpoint_dir", "") if inherits else ""
+    except ValueError:
+        checkpoint = ""
+    return load_status.fingerprint(model_dir, source, checkpoint or own.get("checkpoint_dir", ""))
+
+
+def guarded_auto_complete(model_class: type, config: Any, inherits: Sequence[str], complete: Callable[[], T]) -> T:
+    """Auto-complete is the first step of every load attempt: a load that failed with exactly these inputs
+    fails again at once, in one line, instead of loading a checkpoint and printing a traceback every poll;
+    a new failure here is recorded like one in ``initialize``."""
+    from openpi_triton import load_status
+    from openpi_triton.triton.model_params import read_parameters
+
+    model_dir = model_dir_of(model_class)
+    current = _load_fingerprint(model_dir, read_parameters(config.as_dict()), inherits)
+    previous = load_status.previous_failure(model_dir, current)
+    if previous is not None:
+        first_line = str(previous.get("message", "")).strip().splitlines()[:1]
+        raise pb_utils.TritonModelException(
+            f"{model_dir.name}: not loaded again, nothing changed since its load failed at {previous.get('time')}: "
+            f"{first_line[0] if first_line else 'see the log of that attempt'}"
+        )
+    try:
+        return complete()
+    except Exception as exc:
+        load_status.record_failure(model_dir, current, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def record_load(args: dict[str, str], inherits: Sequence[str], initialize: Callable[[], None]) -> None:
+    """Runs a model's ``initialize``; its failure is recorded (see ``openpi_triton.load_status``), a success
+    clears the record."""
+    from openpi_triton import load_status
+
+    model_dir = pathlib.Path(args["model_repository"])
+    current = _load_fingerprint(model_dir, model_parameters(args), inherits)
+    try:
+        initialize()
+    except Exception as exc:
+        load_status.record_failure(model_dir, current, f"{type(exc).__name__}: {exc}")
+        raise
+    load_status.clear(model_dir)
+
+
 def auto_complete_parameters(model_class: type, config: Any, inherits: Sequence[str]) -> dict[str, str]:
     """Parameters at auto-complete time, when Triton passes no paths: the model's folder is the one of the
     ``model.py`` that defines ``model_class`` (``<repository>/<model>/<version>/model.py``)."""
-    import inspect
-
     from openpi_triton.triton.inherit import inherited
     from openpi_triton.triton.model_params import ParameterError, read_parameters
 
-    model_dir = pathlib.Path(inspect.getfile(model_class)).absolute().parents[1]
+    model_dir = model_dir_of(model_class)
     try:
         return inherited(read_parameters(config.as_dict()), model_dir, tuple(inherits))
     except ParameterError as exc:

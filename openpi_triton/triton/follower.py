@@ -79,7 +79,7 @@ class DependentFollower:
                 continue
             self._seen[action] = current
             changed = sorted(k for (k, v), (_, w) in zip(current, previous, strict=True) if v != w)
-            logger.warning("model '%s' changed %s: reloading %s, which follow it", action, changed, dependents)
+            logger.info("model '%s' changed %s: reloading %s, which follow it", action, changed, dependents)
             for name in dependents:
                 self._reload(client, name)
 
@@ -107,10 +107,10 @@ class DependentFollower:
                 os.utime(version)
         self.reloads.append(name)
         if self.mode == "poll":
-            logger.warning("touched %s: Triton's next repository poll reloads it", name)
+            logger.info("touched %s: Triton's next repository poll reloads it", name)
             return
         try:
             client.load_model(name, client_timeout=LOAD_TIMEOUT_S)
-            logger.warning("reloaded '%s' for its action model's new parameters", name)
+            logger.info("reloaded '%s' for its action model's new parameters", name)
         except Exception as exc:
             logger.error("reloading '%s' after its action model changed failed: %s", name, exc)

@@ -23,14 +23,21 @@ class PlannerModel:
 
     @classmethod
     def auto_complete_config(cls, auto_complete_model_config: Any) -> Any:
-        params = backend.auto_complete_parameters(cls, auto_complete_model_config, inherit.PLANNER_INHERITS)
-        try:
-            config = get_policy_config(params.get("model_config_name", ""))
-        except ValueError as exc:
-            raise pb_utils.TritonModelException(f"parameter 'model_config_name': {exc}") from None
-        return backend.add_io(auto_complete_model_config, io_spec.planner_inputs(config), io_spec.planner_outputs())
+        def complete() -> Any:
+            params = backend.auto_complete_parameters(cls, auto_complete_model_config, inherit.PLANNER_INHERITS)
+            try:
+                config = get_policy_config(params.get("model_config_name", ""))
+            except ValueError as exc:
+                raise pb_utils.TritonModelException(f"parameter 'model_config_name': {exc}") from None
+            inputs, outputs = io_spec.planner_inputs(config), io_spec.planner_outputs()
+            return backend.add_io(auto_complete_model_config, inputs, outputs)
+
+        return backend.guarded_auto_complete(cls, auto_complete_model_config, inherit.PLANNER_INHERITS, complete)
 
     def initialize(self, args: dict[str, str]) -> None:
+        backend.record_load(args, inherit.PLANNER_INHERITS, lambda: self._initialize(args))
+
+    def _initialize(self, args: dict[str, str]) -> None:
         self.params = backend.parse_parameters(PlannerParams.parse, args, inherit.PLANNER_INHERITS)
         checkpoint_dir, tokenizer_path = backend.resolve_weights(self.params.checkpoint_dir, self.params.tokenizer_path)
         options = PlannerOptions(
@@ -48,7 +55,7 @@ class PlannerModel:
         self.metrics = backend.ModelMetrics.create(args["model_name"], "planner", served)
         self.failures = backend.RequestFailures.create(args["model_name"], served)
         seconds = self.planner.warmup()
-        backend.logger.warning("%s ready, warm-up %s", args["model_name"], seconds)
+        backend.log_info(f"{args['model_name']} ready, warm-up {seconds}")
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
