@@ -60,7 +60,7 @@ perf-analyzer: venv
 	perf/perf_analyzer.sh $(if $(ARGS),$(ARGS),--version)
 
 # perf_analyzer sweeps + the robot-fleet benchmark against openpi-server, into perf/results/<timestamp>/.
-# SIZE=tiny|full (full: random full-size pi0.5, for a GPU). See README "Performance".
+# SIZE=tiny|full (full: random full-size pi0.5, for a GPU). See docs/performance.md.
 PERF_STAMP := $(shell date +%Y%m%d-%H%M%S)
 PERF_RESULTS ?= perf/results/$(PERF_STAMP)
 perf: perf-sweep perf-fleet

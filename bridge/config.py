@@ -73,7 +73,7 @@ class AdminConfig(_Strict):
 
 
 class LimitsConfig(_Strict):
-    """What one robot or connection may cost; each limit's error names it (README "Operations")."""
+    """What one robot or connection may cost; each limit's error names it (docs/operations.md)."""
 
     max_image_pixels: int = Field(default=default_limits.DEFAULT_MAX_IMAGE_PIXELS, gt=0)
     max_prompt_bytes: int = Field(default=default_limits.DEFAULT_MAX_PROMPT_BYTES, gt=0)

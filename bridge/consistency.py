@@ -30,9 +30,9 @@ def action_mismatch(ensemble: ModelInterface, action: ModelInterface) -> str | N
         return None
     differing = sorted(set(expected) ^ set(served)) or sorted(n for n in expected if expected[n] != served[n])
     return (
-        f"this server now serves {_served(action)} (model '{action.name}'), but '{ensemble.name}' still "
-        f"declares the inputs of {_served(ensemble)} (inputs differ: {differing[:6]}): the models are being "
-        "swapped or were edited apart, and requests on this slot fail until both serve the same config"
+        f"the models are being swapped (or were edited apart): this server now serves {_served(action)} "
+        f"(model '{action.name}'), but '{ensemble.name}' still declares the inputs of {_served(ensemble)} "
+        f"(inputs differ: {differing[:6]}); requests on this slot fail until both serve the same config"
     )
 
 
@@ -43,7 +43,7 @@ def planner_mismatch(ensemble: ModelInterface, planner: ModelInterface) -> str |
     if not unknown:
         return None
     return (
-        f"the planner '{planner.name}' serves {_served(planner)} with cameras {unknown[:6]} that "
-        f"'{ensemble.name}' ({_served(ensemble)}) does not take: the models are being swapped or were edited "
-        "apart, and requests on this slot fail until both serve the same config"
+        f"the models are being swapped (or were edited apart): the planner '{planner.name}' serves cameras "
+        f"{unknown[:6]} that '{ensemble.name}' does not take; requests that need a subtask fail until both "
+        "serve the same config (mode 'action_only' does not need the planner)"
     )

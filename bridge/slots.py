@@ -101,19 +101,20 @@ class ActionSlot(Slot):
         # The action model names the served config (the ensemble follows it): its metadata is the robot's.
         return dict((await self.gateway.describe(await self._action_model())).metadata)
 
-    async def mismatch(self) -> str | None:
+    async def mismatch(self, needs_planner: bool = True) -> str | None:
         interface = await self.gateway.describe(self.model)
         children = interface.parameters
         if "action_model" not in children:
             return None  # the action model itself: nothing behind it to disagree with
         action = await self.gateway.describe(await self._action_model())
         problem = consistency.action_mismatch(interface, action)
-        if problem is None and self.runtime is not None and children.get("planner_model"):
+        if problem is None and needs_planner and self.runtime is not None and children.get("planner_model"):
             problem = consistency.planner_mismatch(interface, await self.gateway.describe(children["planner_model"]))
         return problem
 
     async def infer(self, obs: Mapping[str, Any]) -> dict[str, Any]:
-        problem = await self.mismatch()
+        # action_only requests never reach the planner: a planner still loading does not hold them back.
+        problem = await self.mismatch(needs_planner=obs.get(io_spec.MODE) != "action_only")
         if problem is not None:
             raise ServingError(problem)
         interface = await self.gateway.describe(self.model)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs Physical Intelligence's openpi into an existing Python environment, for the `openpi` runtime
-# (README "openpi runtime"). Used by docker/Dockerfile (--build-arg OPENPI=REF) and
+# (docs/runtime.md, "openpi runtime"). Used by docker/Dockerfile (--build-arg OPENPI=REF) and
 # docker/build_execution_env.sh (--openpi REF); runs on its own too:
 #
 #   docker/install_openpi.sh --python /path/to/env/bin/python --ref main

@@ -54,7 +54,7 @@ import numpy as np
 if __package__ in (None, ""):  # `python perf/attack.py`: make the repository importable
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from perf import attack_quic, decode_cost
+from perf import attack_quic, attack_report, decode_cost
 from perf.attack_cases import Attack, Context, MiB, Observation, Sampler, catalog
 from perf.attack_stack import (
     PARTS,
@@ -413,6 +413,7 @@ def write_report(rows: list[AttackResult], options: Options, results: pathlib.Pa
     }
     path = results / "attack.json"
     path.write_text(json.dumps(report, indent=1, default=str))
+    attack_report.write_markdown(path)
     return path
 
 

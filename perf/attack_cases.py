@@ -4,7 +4,7 @@ An attack function gets the :class:`Context` (the stack, the witnesses, the samp
 returns an :class:`Observation`: what the attacker saw and whether that is what the fixed stack is expected to
 answer. The witnesses, memory and fds are judged by ``perf.attack`` around every attack, not here.
 
-Expected answers follow the bridge's documented behaviour (README "Operations"): a bad or too-large request gets
+Expected answers follow the bridge's documented behaviour (docs/operations.md): a bad or too-large request gets
 an error text frame naming the field and the limit, then close 1011 (openpi's protocol; openpi-client raises);
 frames above ``max_message_bytes`` close 1009; connections beyond ``max_connections_per_address`` get HTTP 503 at
 the upgrade; every admin route answers 401 without the key; a prompt format with anything but bare ``{task}``

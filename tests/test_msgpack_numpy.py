@@ -132,7 +132,7 @@ def _peak_decode_bytes(frame: bytes) -> int:
 
 
 def test_decoding_a_frame_of_n_bytes_allocates_at_most_n_plus_one_mib() -> None:
-    """The bound the README states: payload bytes are copied once, every other object is counted by the walk."""
+    """The bound docs/bridge.md states: payload bytes are copied once, every other object is counted by the walk."""
     mib = 2**20
     frames = {
         "image observation": ours.packb({"images": {"cam": np.zeros((3, 1024, 1024), np.uint8)}, "prompt": "x"}),

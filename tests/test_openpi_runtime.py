@@ -32,7 +32,7 @@ needs_openpi = pytest.mark.skipif(
     not OPENPI_INSTALLED,
     reason="openpi is not installed (it is not on PyPI): docker/install_openpi.sh --python .venv/bin/python "
     "--ref main installs it here (or build the image with --build-arg OPENPI=main) to run the openpi-runtime "
-    "parity tests (README 'openpi runtime')",
+    "parity tests (docs/runtime.md, 'openpi runtime')",
 )
 GOLDEN_SETUP = pathlib.Path(__file__).with_name("openpi_golden_setup.py")
 CASES = ("pi05_aloha", "pi05_droid", "pi0_aloha")

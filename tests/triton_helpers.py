@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 import sys
@@ -15,18 +14,12 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from openpi_triton import tensor_names
+from perf.repository import set_parameter
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 
 NUMPY_TO_TRITON = {np.dtype(np.uint8): "UINT8", np.dtype(np.float64): "FP64", np.dtype(np.float32): "FP32"}
-
-
-def set_parameter(config_text: str, key: str, value: str) -> str:
-    pattern = re.compile(r'(parameters \{ key: "' + re.escape(key) + r'" value: \{ string_value: )"[^"]*"')
-    if not pattern.search(config_text):
-        raise KeyError(key)
-    return pattern.sub(lambda m: m.group(1) + '"' + value + '"', config_text)
 
 
 def copy_model(target_repo: pathlib.Path, source: str, name: str, parameters: Mapping[str, str] = {}) -> pathlib.Path:

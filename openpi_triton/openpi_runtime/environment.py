@@ -17,7 +17,7 @@ COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-auto
 OPENPI_MISSING = (
     "runtime 'openpi' needs the openpi package, which is not importable in this Python environment ({error}). "
     "Build the serving image with openpi (docker build -f docker/Dockerfile --build-arg OPENPI=main .) or "
-    "install openpi into the Python environment of the stub as README 'openpi runtime' says; or use runtime "
+    "install openpi into the Python environment of the stub as docs/runtime.md ('openpi runtime') says; or use runtime "
     "'native' for pi0 / pi0.5 JAX checkpoints of the configs it supports."
 )
 

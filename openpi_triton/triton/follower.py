@@ -102,9 +102,18 @@ class DependentFollower:
 
     def _reload(self, client: grpcclient.InferenceServerClient, name: str) -> None:
         # A touched version folder makes Triton load the model afresh (an unchanged one would be kept as is).
-        for version in (self.repository / name).iterdir():
-            if version.is_dir() and version.name.isdigit():
-                os.utime(version)
+        try:
+            for version in (self.repository / name).iterdir():
+                if version.is_dir() and version.name.isdigit():
+                    os.utime(version)
+        except OSError as exc:
+            logger.error(
+                "cannot reload '%s' after its action model changed: %s (a read-only repository? touch its version "
+                "folder yourself, or mount the repository writable)",
+                name,
+                exc,
+            )
+            return
         self.reloads.append(name)
         if self.mode == "poll":
             logger.info("touched %s: Triton's next repository poll reloads it", name)

@@ -208,8 +208,12 @@ class StubWatchdog:
                 self.options.repository,
             )
             return
-        for version in versions:
-            os.utime(version)
+        try:
+            for version in versions:
+                os.utime(version)
+        except OSError as exc:
+            logger.error("cannot reload model '%s' in poll mode: %s (the repository must be writable)", name, exc)
+            return
         logger.warning("touched %s: Triton's next repository poll reloads '%s'", model_dir, name)
 
     @staticmethod
