@@ -245,7 +245,7 @@ def test_prompt_format_without_placeholder_is_rejected(tiny_planner: SubtaskPlan
 
 
 def test_prompt_format_with_other_fields_is_rejected(tiny_planner: SubtaskPlanner) -> None:
-    with pytest.raises(ValueError, match=r"only \{task\} is allowed") as info:
+    with pytest.raises(ValueError, match=r"only the bare field '\{task\}' is allowed") as info:
         tiny_planner.prepare("pick up the cup", None, prompt_format="{task} {other}")
     assert "{task} {other}" in str(info.value)
 

@@ -24,7 +24,7 @@ from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_port
 from openpi_triton.triton.watchdog import StubWatchdog, WatchdogOptions
 from tests.clients import healthz
 from tests.conftest import bridge_config, start_bridge_process, stop_bridge_process
-from tests.triton_helpers import copy_model, set_parameter, spawn_module, stack_args
+from tests.triton_helpers import copy_model, set_parameter, spawn_module, stack_args, wait_until
 
 # What a robot may read while the models switch: each names the situation (never a per-tensor error).
 CLEAR_ERRORS = ("being swapped", "this server serves", "is not ready", "not reachable", "unavailable")
@@ -89,7 +89,8 @@ def watch_the_switch(port: int, aloha: Robot, droid: Robot, timeout: float) -> d
 
 
 def after_the_switch(port: int, aloha: Robot) -> None:
-    assert healthz(port) == (200, "OK\n")
+    # The DROID robot (action_only) is served before the planner has finished loading: health waits for all.
+    wait_until(lambda: healthz(port) == (200, "OK\n"), 300, "/healthz 200 once every model serves DROID")
     with pytest.raises(RuntimeError, match="this server serves 'pi05_droid'"):
         aloha.ask(port)
 
@@ -143,6 +144,7 @@ def test_poll_mode_one_edit_swaps_the_embodiment(
     assert metadata["reset_pose"] == [0, -1.5, 1.5, 0, 0, 0]
     edit_action_config(repository, golden_dir)
     seen = watch_the_switch(port, aloha, droid, timeout=600)
+    assert 503 in seen["health"], "health said 200 throughout, while the slot could not serve"
     after_the_switch(port, aloha)
     print(f"poll mode: DROID served {seen['seconds']:.1f} s after the edit; {len(seen['errors'])} clear errors")
 
@@ -172,6 +174,7 @@ def test_explicit_mode_admin_reload_swaps_the_embodiment(
             with urllib.request.urlopen(request, timeout=900) as response:
                 assert response.status == 200
             seen = watch_the_switch(bridge.action_port, aloha, droid, timeout=600)
+            assert 503 in seen["health"], "health said 200 throughout, while the slot could not serve"
             after_the_switch(bridge.action_port, aloha)
             assert watchdog.follower is not None and sorted(watchdog.follower.reloads) == [
                 "combined_ensemble",
