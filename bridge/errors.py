@@ -7,6 +7,7 @@ anything else is a bug of ours: logged here with its traceback, and the robot ge
 from __future__ import annotations
 
 import logging
+import re
 
 from openpi_triton.protocols.local_frame import FrameError
 from openpi_triton.protocols.msgpack_numpy import DecodeError
@@ -22,16 +23,35 @@ class ServingError(RuntimeError):
     """The server cannot answer this request correctly (e.g. the model produced non-finite actions)."""
 
 
-# ObservationError and TritonCallError (triton_gateway) derive from ValueError / RuntimeError with messages
-# written for robots; they are matched by name so that this module imports nothing of the gateway.
-_EXPLAINED = (RobotError, ServingError, DecodeError, FrameError)
-_EXPLAINED_NAMES = {"ObservationError", "TritonCallError"}
+class ObservationError(RobotError):
+    """The robot sent something the served model cannot take; the message says what."""
+
+
+# Names of the bridge's shared-memory regions are internal: a robot has no use for them.
+_REGION_NAME = re.compile(r"openpi_bridge_\d+_\d+")
+
+
+class TritonCallError(RuntimeError):
+    """Triton answered with an error (or could not be reached)."""
+
+    def __init__(self, model: str, status: str, message: str) -> None:
+        message = _REGION_NAME.sub("<shared memory>", message)
+        if "UNAVAILABLE" in status and "failed to connect" in message:
+            # gRPC's own text ("failed to connect to all addresses; last error: ...") says nothing to a robot.
+            message = "Triton is not reachable (restarting or down); retry in a few seconds"
+        super().__init__(f"{model}: {status}: {message}" if status else f"{model}: {message}")
+        self.model = model
+        self.triton_message = message
+        self.status = status
+        self.invalid_argument = "INVALID_ARG" in status
+        # The server could not be reached or does not have the model: the request never ran there.
+        self.not_executed = "UNAVAILABLE" in status or ("NOT_FOUND" in status and "unknown model" in message.lower())
 
 
 def robot_message(exc: BaseException, slot: str) -> str:
-    if type(exc).__name__ == "TritonCallError":
+    if isinstance(exc, TritonCallError):
         return _triton_message(exc)
-    if isinstance(exc, _EXPLAINED) or type(exc).__name__ in _EXPLAINED_NAMES:
+    if isinstance(exc, RobotError | ServingError | DecodeError | FrameError):
         return f"{type(exc).__name__}: {exc}"
     logger.exception("%s slot: unexpected error while serving a request", slot, exc_info=exc)
     return f"internal error in the bridge ({type(exc).__name__}); the bridge log has the details"
@@ -39,25 +59,21 @@ def robot_message(exc: BaseException, slot: str) -> str:
 
 def outcome_of(exc: BaseException) -> str:
     """The metrics outcome of a failed request (see :mod:`openpi_bridge.metrics`)."""
-    name = type(exc).__name__
-    if name == "TritonCallError":
-        status = str(getattr(exc, "status", ""))
-        if getattr(exc, "invalid_argument", False):
+    if isinstance(exc, TritonCallError):
+        if exc.invalid_argument:
             return "robot_error"
-        return "timeout" if "DEADLINE" in status.upper() else "triton_error"
-    if isinstance(exc, RobotError | DecodeError | FrameError) or name == "ObservationError":
+        return "timeout" if "DEADLINE" in exc.status.upper() else "triton_error"
+    if isinstance(exc, RobotError | DecodeError | FrameError):
         return "robot_error"
     if isinstance(exc, ServingError):
         return "server_error"
     return "internal"
 
 
-def _triton_message(exc: BaseException) -> str:
+def _triton_message(exc: TritonCallError) -> str:
     """A model's own words: a robot mistake it found reads like one the bridge found; other failures name the
     model and Triton's status in plain words (no gRPC enum names)."""
-    message = str(getattr(exc, "triton_message", exc))
-    if getattr(exc, "invalid_argument", False):
-        return f"ObservationError: {message}"
-    status = str(getattr(exc, "status", "")).removeprefix("StatusCode.").replace("_", " ").lower()
-    model = getattr(exc, "model", "the model")
-    return f"TritonCallError: model '{model}' failed ({status or 'no status'}): {message}"
+    if exc.invalid_argument:
+        return f"ObservationError: {exc.triton_message}"
+    status = exc.status.removeprefix("StatusCode.").replace("_", " ").lower()
+    return f"TritonCallError: model '{exc.model}' failed ({status or 'no status'}): {exc.triton_message}"

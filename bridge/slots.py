@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from openpi_bridge import consistency
-from openpi_bridge.errors import ServingError
-from openpi_bridge.triton_gateway import ObservationError, TritonCallError, TritonGateway
+from openpi_bridge.errors import ObservationError, ServingError, TritonCallError
+from openpi_bridge.triton_gateway import TritonGateway
 from openpi_triton.triton import io_spec
 
 logger = logging.getLogger("openpi_bridge")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,6 +14,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from openpi_bridge import offload
+from openpi_bridge.errors import ObservationError, TritonCallError
 from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.shared_memory import Region, SharedMemoryPool
 from openpi_triton import tensor_names
@@ -27,31 +27,6 @@ logger = logging.getLogger("openpi_bridge")
 TRITON_DTYPES = {"UINT8": np.uint8, "FP64": np.float64, "FP32": np.float32, "INT32": np.int32, "INT64": np.int64}
 # How long a model's interface is reused before it is read from Triton again (model swaps are picked up).
 DESCRIBE_TTL_S = 2.0
-
-
-class ObservationError(ValueError):
-    """The robot sent something the served model cannot take; the message says what."""
-
-
-# Names of the bridge's shared-memory regions are internal: a robot has no use for them.
-_REGION_NAME = re.compile(r"openpi_bridge_\d+_\d+")
-
-
-class TritonCallError(RuntimeError):
-    """Triton answered with an error (or could not be reached)."""
-
-    def __init__(self, model: str, status: str, message: str) -> None:
-        message = _REGION_NAME.sub("<shared memory>", message)
-        if "UNAVAILABLE" in status and "failed to connect" in message:
-            # gRPC's own text ("failed to connect to all addresses; last error: ...") says nothing to a robot.
-            message = "Triton is not reachable (restarting or down); retry in a few seconds"
-        super().__init__(f"{model}: {status}: {message}" if status else f"{model}: {message}")
-        self.model = model
-        self.triton_message = message
-        self.status = status
-        self.invalid_argument = "INVALID_ARG" in status
-        # The server could not be reached or does not have the model: the request never ran there.
-        self.not_executed = "UNAVAILABLE" in status or ("NOT_FOUND" in status and "unknown model" in message.lower())
 
 
 @dataclasses.dataclass(frozen=True)

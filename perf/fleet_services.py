@@ -11,6 +11,7 @@ import contextlib
 import json
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,9 +28,15 @@ from perf.served_model import ServedModel
 HOST = "127.0.0.1"
 
 
-def _wait_for_line(process: subprocess.Popen[bytes], log: pathlib.Path, text: str, timeout: float, what: str) -> None:
+def _wait_for_tcp(process: subprocess.Popen[bytes], port: int, log: pathlib.Path, timeout: float, what: str) -> None:
+    """Until ``port`` accepts a connection (openpi's server listens only once its policy is loaded)."""
     deadline = time.monotonic() + timeout
-    while text not in log.read_text(errors="replace"):
+    while True:
+        try:
+            with socket.create_connection((HOST, port), timeout=2):
+                return
+        except OSError:
+            pass
         if process.poll() is not None or time.monotonic() > deadline:
             tail = log.read_text(errors="replace")[-3000:]
             state = (
@@ -37,6 +44,19 @@ def _wait_for_line(process: subprocess.Popen[bytes], log: pathlib.Path, text: st
             )
             raise RuntimeError(f"{what} {state} (log {log}):\n{tail}")
         time.sleep(0.2)
+
+
+def _wait_for_bridge(bridge: subprocess.Popen[bytes], port: int, socket_path: pathlib.Path, log: pathlib.Path) -> None:
+    """Until the bridge's WebSocket port answers ``GET /healthz`` (200, or 503 before Triton is ready) and its
+    sidecar socket exists: what its supervisor sees, not a line in its log."""
+    from perf.attack_stack import http_status
+
+    deadline = time.monotonic() + 120
+    while not (http_status(port, "/healthz") in (200, 503) and socket_path.is_socket()):
+        if bridge.poll() is not None or time.monotonic() > deadline:
+            state = f"exited with {bridge.returncode}" if bridge.poll() is not None else "not listening in 120 s"
+            raise RuntimeError(f"the bridge {state} (log {log}):\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.1)
 
 
 def _spawn(args: Sequence[str], log: pathlib.Path) -> subprocess.Popen[bytes]:
@@ -101,7 +121,7 @@ def fleet_services(
             (work / "bridge.json").write_text(json.dumps(config))
             bridge = _spawn(["-m", "openpi_bridge", "--config", str(work / "bridge.json")], logs / "bridge.log")
             processes.append(bridge)
-            _wait_for_line(bridge, logs / "bridge.log", "bridge ready", 120, "the bridge")
+            _wait_for_bridge(bridge, ws, socket_path, logs / "bridge.log")
             endpoints["websocket"] = Endpoint(HOST, ws)
             if "quic" in transports:
                 from openpi_triton.sidecar import SidecarSupervisor
@@ -109,7 +129,8 @@ def fleet_services(
                 sidecar = SidecarSupervisor("action", quic, socket_path).start()
                 endpoints["quic"] = Endpoint(HOST, quic)
         if baseline is not None:
-            _wait_for_line(baseline, logs / "openpi_server.log", "baseline ready", ready_timeout_s, "openpi-server")
+            log = logs / "openpi_server.log"
+            _wait_for_tcp(baseline, endpoints["openpi-server"].port, log, ready_timeout_s, "openpi-server")
         yield {t: endpoints[t] for t in transports}
     finally:
         if sidecar is not None:
