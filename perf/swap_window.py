@@ -66,7 +66,9 @@ def _ask(port: int, api_key: str, robot: dict) -> tuple[str, str]:
     return "ok", ""
 
 
-def _edit(repository: pathlib.Path, golden: pathlib.Path) -> None:
+def edit_to_golden_droid(repository: pathlib.Path, golden: pathlib.Path) -> None:
+    """One atomic edit of ``action/config.pbtxt``: the golden ``pi05_droid`` checkpoint (Triton's poller never
+    sees half a file)."""
     from perf.repository import set_parameter
 
     config = repository / "action" / "config.pbtxt"
@@ -97,7 +99,7 @@ def measure(golden: pathlib.Path, results: pathlib.Path, after_s: float, timeout
         port, key = stack.ports.ws_action, stack.api_key
         if _ask(port, key, aloha)[0] != "ok":
             raise RuntimeError("the ALOHA robot is not served before the edit")
-        _edit(stack.workdir / "model_repository", golden)
+        edit_to_golden_droid(stack.workdir / "model_repository", golden)
         edit = time.monotonic()
         events: list[dict[str, Any]] = []
         first_droid: float | None = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import time
 import urllib.error
@@ -22,9 +21,10 @@ from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.processes import stop_process
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 from openpi_triton.triton.watchdog import StubWatchdog, WatchdogOptions
+from perf.swap_window import edit_to_golden_droid
 from tests.clients import healthz
 from tests.conftest import bridge_config, start_bridge_process, stop_bridge_process
-from tests.triton_helpers import copy_model, set_parameter, spawn_module, stack_args, wait_until
+from tests.triton_helpers import copy_model, spawn_module, stack_args, wait_until
 
 # What a robot may read while the models switch: each names the situation (never a per-tensor error).
 CLEAR_ERRORS = ("being swapped", "this server serves", "is not ready", "not reachable", "unavailable")
@@ -51,16 +51,6 @@ class Robot:
             return client.get_server_metadata(), client.infer(self.obs)["actions"]
         finally:
             client._ws.close()
-
-
-def edit_action_config(repository: pathlib.Path, golden: pathlib.Path) -> None:
-    config = repository / "action" / "config.pbtxt"
-    text = set_parameter(config.read_text(), "model_config_name", "pi05_droid")
-    text = set_parameter(text, "checkpoint_dir", str(golden / "pi05_droid" / "checkpoint"))
-    text = set_parameter(text, "tokenizer_path", str(golden / "tokenizer.model"))
-    staged = config.with_suffix(".tmp")
-    staged.write_text(text)
-    os.replace(staged, config)  # atomic: Triton's poller never sees half a file
 
 
 def watch_the_switch(port: int, aloha: Robot, droid: Robot, timeout: float) -> dict:
@@ -142,7 +132,7 @@ def test_poll_mode_one_edit_swaps_the_embodiment(
     metadata, actions = aloha.ask(port)
     np.testing.assert_allclose(actions, aloha.expected, atol=1e-4)
     assert metadata["reset_pose"] == [0, -1.5, 1.5, 0, 0, 0]
-    edit_action_config(repository, golden_dir)
+    edit_to_golden_droid(repository, golden_dir)
     seen = watch_the_switch(port, aloha, droid, timeout=600)
     assert 503 in seen["health"], "health said 200 throughout, while the slot could not serve"
     after_the_switch(port, aloha)
@@ -166,7 +156,7 @@ def test_explicit_mode_admin_reload_swaps_the_embodiment(
         bridge = start_bridge_process(triton.grpc_url, tmp_path)
         try:
             np.testing.assert_allclose(aloha.ask(bridge.action_port)[1], aloha.expected, atol=1e-4)
-            edit_action_config(repository, golden_dir)
+            edit_to_golden_droid(repository, golden_dir)
             np.testing.assert_allclose(aloha.ask(bridge.action_port)[1], aloha.expected, atol=1e-4)  # not loaded yet
             request = urllib.request.Request(
                 f"http://127.0.0.1:{bridge.admin_port}/models/action/reload", method="POST"
