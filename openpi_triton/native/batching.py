@@ -6,6 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# Compiled batch sizes when nothing else is configured: Triton's max_batch_size 8, every size up to it padded
+# at most to the double. The one home of this default (options, config.pbtxt parameters).
+DEFAULT_BATCH_BUCKETS: tuple[int, ...] = (1, 2, 4, 8)
+
 
 def parse_buckets(value: str | Sequence[int]) -> tuple[int, ...]:
     """``"1,2,4,8"`` or ``[1, 2, 4, 8]`` -> sorted unique positive sizes; anything else is a ``ValueError``."""

@@ -123,7 +123,7 @@ class PlannerOptions:
     max_generation_tokens: int = 20
     generation_prompt_format: str = DEFAULT_GENERATION_PROMPT_FORMAT
     dtype: str = "float32"
-    batch_buckets: tuple[int, ...] = (1, 2, 4, 8)
+    batch_buckets: tuple[int, ...] = batching.DEFAULT_BATCH_BUCKETS
     tokenizer_path: str | None = None
 
     def __post_init__(self) -> None:

@@ -37,7 +37,7 @@ class PolicyOptions:
 
     dtype: str = "float32"
     num_steps: int = 10
-    batch_buckets: tuple[int, ...] = (1, 2, 4, 8)
+    batch_buckets: tuple[int, ...] = batching.DEFAULT_BATCH_BUCKETS
     default_prompt: str | None = None
     tokenizer_path: str | None = None
 

@@ -35,7 +35,7 @@ class OpenpiOptions:
 
     # bfloat16: what openpi's create_trained_policy does; float32 keeps the checkpoint's float32 weights.
     weight_dtype: str = "bfloat16"
-    batch_buckets: tuple[int, ...] = (1, 2, 4, 8)
+    batch_buckets: tuple[int, ...] = batching.DEFAULT_BATCH_BUCKETS
     default_prompt: str | None = None
     # Flow-matching steps for models that take them (pi0 / pi0.5); None keeps openpi's default (10).
     num_steps: int | None = None

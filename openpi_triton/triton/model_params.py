@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from openpi_triton.limits import DEFAULT_INPUT_LIMITS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PROMPT_BYTES, InputLimits
-from openpi_triton.native.batching import parse_buckets
+from openpi_triton.native.batching import DEFAULT_BATCH_BUCKETS, parse_buckets
 from openpi_triton.native.configs import POLICY_CONFIGS, PolicyConfig, get_policy_config
 from openpi_triton.prompt_format import DEFAULT_GENERATION_PROMPT_FORMAT, validate_prompt_format
 
@@ -89,7 +89,7 @@ class ActionParams:
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> ActionParams:
         try:
-            buckets = parse_buckets(params.get("batch_buckets", "") or "1,2,4,8")
+            buckets = parse_buckets(params.get("batch_buckets", "") or DEFAULT_BATCH_BUCKETS)
         except ValueError as exc:
             raise ParameterError(f"parameter 'batch_buckets': {exc}") from None
         runtime = _choice(params, "runtime", RUNTIMES, "native")
@@ -162,7 +162,7 @@ class PlannerParams:
         except ValueError as exc:
             raise ParameterError(f"parameter {exc}") from None
         try:
-            buckets = parse_buckets(params.get("batch_buckets", "") or "1,2,4,8")
+            buckets = parse_buckets(params.get("batch_buckets", "") or DEFAULT_BATCH_BUCKETS)
         except ValueError as exc:
             raise ParameterError(f"parameter 'batch_buckets': {exc}") from None
         return cls(
