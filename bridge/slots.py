@@ -20,7 +20,7 @@ import numpy as np
 from openpi_bridge import consistency
 from openpi_bridge.errors import ObservationError, ServingError, TritonCallError
 from openpi_bridge.triton_gateway import TritonGateway
-from openpi_triton.triton import io_spec
+from openpi_triton.contract import io_names
 
 logger = logging.getLogger("openpi_bridge")
 
@@ -38,7 +38,7 @@ def _text(array: np.ndarray) -> str:
 
 
 def _subtask(outputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    return {"text": _text(outputs[io_spec.SUBTASK]), "ms": _finite_ms(outputs[io_spec.SUBTASK_MS])}
+    return {"text": _text(outputs[io_names.SUBTASK]), "ms": _finite_ms(outputs[io_names.SUBTASK_MS])}
 
 
 def _finite_ms(array: np.ndarray) -> float:
@@ -48,7 +48,7 @@ def _finite_ms(array: np.ndarray) -> float:
 
 def _actions(outputs: Mapping[str, np.ndarray], model: str) -> np.ndarray:
     """The chunk as openpi returns it (float64); non-finite values never reach a robot's controller."""
-    actions = outputs[io_spec.ACTIONS][0].astype(np.float64)
+    actions = outputs[io_names.ACTIONS][0].astype(np.float64)
     if not np.all(np.isfinite(actions)):
         raise ServingError(f"model '{model}' returned non-finite actions; they were not sent to the robot")
     return actions
@@ -114,13 +114,13 @@ class ActionSlot(Slot):
 
     async def infer(self, obs: Mapping[str, Any]) -> dict[str, Any]:
         # action_only requests never reach the planner: a planner still loading does not hold them back.
-        problem = await self.mismatch(needs_planner=obs.get(io_spec.MODE) != "action_only")
+        problem = await self.mismatch(needs_planner=obs.get(io_names.MODE) != "action_only")
         if problem is not None:
             raise ServingError(problem)
         interface = await self.gateway.describe(self.model)
         extra: dict[str, Any] = {}
-        if self.runtime is not None and io_spec.GENERATION_PROMPT_FORMAT in interface.inputs:
-            extra[io_spec.GENERATION_PROMPT_FORMAT] = self.runtime.generation_prompt_format
+        if self.runtime is not None and io_names.GENERATION_PROMPT_FORMAT in interface.inputs:
+            extra[io_names.GENERATION_PROMPT_FORMAT] = self.runtime.generation_prompt_format
         try:
             outputs = await self.gateway.infer(self.model, obs, extra)
         except ObservationError as exc:
@@ -128,10 +128,10 @@ class ActionSlot(Slot):
             served = (await self.gateway.describe(await self._action_model())).parameters.get("model_config_name")
             raise ObservationError(f"{exc} (this server serves {served!r})" if served else str(exc)) from None
         response: dict[str, Any] = {}
-        if io_spec.ACTIONS in outputs:
+        if io_names.ACTIONS in outputs:
             response["actions"] = _actions(outputs, self.model)
-            response["policy_timing"] = {"infer_ms": _finite_ms(outputs[io_spec.POLICY_INFER_MS])}
-        if io_spec.SUBTASK in outputs:
+            response["policy_timing"] = {"infer_ms": _finite_ms(outputs[io_names.POLICY_INFER_MS])}
+        if io_names.SUBTASK in outputs:
             response["subtask"] = _subtask(outputs)
         return response
 
@@ -153,7 +153,7 @@ class PlannerSlot(Slot):
 
     async def infer(self, obs: Mapping[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
-        extra = {io_spec.GENERATION_PROMPT_FORMAT: self.runtime.generation_prompt_format}
+        extra = {io_names.GENERATION_PROMPT_FORMAT: self.runtime.generation_prompt_format}
         try:
             outputs = await self.gateway.infer(self.model, obs, extra)
         except TritonCallError as exc:

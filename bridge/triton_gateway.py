@@ -18,9 +18,9 @@ from openpi_bridge.errors import ObservationError, TritonCallError
 from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.shared_memory import Region, SharedMemoryPool
 from openpi_triton import tensor_names
+from openpi_triton.contract import images as image_ops
+from openpi_triton.contract.robot_metadata import robot_metadata
 from openpi_triton.limits import DEFAULT_INPUT_LIMITS, InputLimits
-from openpi_triton.metadata import robot_metadata
-from openpi_triton.native import image as image_ops
 
 logger = logging.getLogger("openpi_bridge")
 

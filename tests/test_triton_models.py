@@ -248,7 +248,7 @@ def test_repository_index_lists_ready_models(client: grpcclient.InferenceServerC
 
 
 def test_robot_metadata_comes_from_the_served_model(client: grpcclient.InferenceServerClient) -> None:
-    from openpi_triton.metadata import robot_metadata
+    from openpi_triton.contract.robot_metadata import robot_metadata
 
     metadata = robot_metadata(client.get_model_config("action", as_json=True)["config"])
     assert metadata["action_horizon"] == 50

@@ -9,8 +9,8 @@ import dataclasses
 import difflib
 from typing import Any
 
+from openpi_triton.contract.robot_metadata import POLICY_METADATA
 from openpi_triton.native.embodiments import EMBODIMENTS, Embodiment
-from openpi_triton.native.embodiments.aloha import RESET_POSE
 
 
 def make_bool_mask(*dims: int) -> tuple[bool, ...]:
@@ -68,7 +68,12 @@ _EMBODIMENT_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def _config(name: str, embodiment: str, pi05: bool, horizon: int, **kw: Any) -> PolicyConfig:
     """openpi's defaults: max_token_len 200 for pi0.5 and 48 for pi0; keyword arguments override."""
-    fields = {**_EMBODIMENT_DEFAULTS[embodiment], "max_token_len": 200 if pi05 else 48, **kw}
+    fields = {
+        **_EMBODIMENT_DEFAULTS[embodiment],
+        "max_token_len": 200 if pi05 else 48,
+        "metadata": dict(POLICY_METADATA.get(name, {})),
+        **kw,
+    }
     return PolicyConfig(name=name, pi05=pi05, embodiment_name=embodiment, action_horizon=horizon, **fields)
 
 
@@ -84,19 +89,16 @@ def _libero(name: str, pi05: bool, horizon: int, **kw: Any) -> PolicyConfig:
     return _config(name, "libero", pi05, horizon, **kw)
 
 
-_RESET = {"reset_pose": RESET_POSE}
-
 POLICY_CONFIGS: dict[str, PolicyConfig] = {
     c.name: c
     for c in (
-        _aloha("pi0_aloha", False, metadata=_RESET),
-        _aloha("pi05_aloha", True, metadata=_RESET),
-        _aloha("pi0_aloha_towel", False, default_prompt="fold the towel", metadata=_RESET),
+        _aloha("pi0_aloha", False),
+        _aloha("pi05_aloha", True),
+        _aloha("pi0_aloha_towel", False, default_prompt="fold the towel"),
         _aloha(
             "pi0_aloha_tupperware",
             False,
             default_prompt="open the tupperware and put the food on the plate",
-            metadata=_RESET,
         ),
         _aloha("pi0_aloha_pen_uncap", False, default_prompt="uncap the pen"),
         _aloha("pi05_aloha_pen_uncap", True, default_prompt="uncap the pen"),

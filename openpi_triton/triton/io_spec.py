@@ -14,20 +14,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from openpi_triton.contract.io_names import (  # noqa: F401 - the models' names, re-exported
+    ACTION_PROMPT,
+    ACTIONS,
+    GENERATION_PROMPT_FORMAT,
+    MODE,
+    MODES,
+    NOISE,
+    POLICY_INFER_MS,
+    PROMPT,
+    SUBTASK,
+    SUBTASK_MS,
+)
 from openpi_triton.native.configs import PolicyConfig
 from openpi_triton.tensor_names import tensor_name
-
-PROMPT = "prompt"
-NOISE = "noise"
-MODE = "mode"
-GENERATION_PROMPT_FORMAT = "generation_prompt_format"
-ACTIONS = "actions"
-POLICY_INFER_MS = "policy_infer_ms"
-SUBTASK = "subtask"
-SUBTASK_MS = "subtask_ms"
-ACTION_PROMPT = "action_prompt"
-
-MODES = ("default", "subtask_only", "action_only")
 
 
 @dataclasses.dataclass(frozen=True)

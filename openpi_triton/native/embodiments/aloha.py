@@ -13,7 +13,6 @@ from openpi_triton.native.embodiments.base import Embodiment, ImageField, StateF
 
 JOINT_FLIP_MASK = np.array([1, -1, -1, 1, 1, 1, 1, 1, -1, -1, 1, 1, 1, 1])
 GRIPPER_DIMS = [6, 13]
-RESET_POSE = [0, -1.5, 1.5, 0, 0, 0]
 
 
 def _normalize(x: np.ndarray, min_val: float, max_val: float) -> np.ndarray:

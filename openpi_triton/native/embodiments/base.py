@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from openpi_triton.native import image as image_ops
+from openpi_triton.contract import images as image_ops
+from openpi_triton.contract.images import MODEL_IMAGE_SIZE
 
 Layout = Literal["CHW", "HWC"]
-MODEL_IMAGE_SIZE = 224
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 

@@ -7,7 +7,7 @@ config, so the metadata is derived from what the served config does carry:
 - ``action_horizon``: the first dim of the ``actions`` output;
 - ``image_specs``: every UINT8 camera input, in declaration order; channels-first ``[3, -1, -1]`` inputs
   advertise ``[3, 224, 224]``, the others ``[224, 224, 3]``;
-- policy metadata: openpi's for the ``model_config_name`` parameter, overridden by an optional
+- policy metadata: openpi's for the ``model_config_name`` parameter (:data:`POLICY_METADATA`), overridden by an optional
   ``policy_metadata`` parameter (a JSON object) for configs openpi-triton does not know.
 """
 
@@ -17,10 +17,17 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from openpi_triton.native.configs import POLICY_CONFIGS
-from openpi_triton.native.embodiments.base import MODEL_IMAGE_SIZE
+from openpi_triton.contract.images import MODEL_IMAGE_SIZE
+from openpi_triton.contract.io_names import ACTIONS
 from openpi_triton.tensor_names import key_path
-from openpi_triton.triton.io_spec import ACTIONS
+
+# openpi's policy metadata (``TrainConfig.policy_metadata``) of the configs that have one: the one home of it,
+# for the native runtime's config table and for robots on connect.
+ALOHA_RESET_POSE = [0, -1.5, 1.5, 0, 0, 0]
+POLICY_METADATA: dict[str, dict[str, Any]] = {
+    name: {"reset_pose": ALOHA_RESET_POSE}
+    for name in ("pi0_aloha", "pi05_aloha", "pi0_aloha_towel", "pi0_aloha_tupperware")
+}
 
 
 def _dims(entry: Mapping[str, Any]) -> list[int]:
@@ -31,9 +38,7 @@ def robot_metadata(model_config: Mapping[str, Any]) -> dict[str, Any]:
     """``model_config``: the JSON form of ``get_model_config(...).config`` for the action-slot model."""
     params = {k: v.get("string_value", "") for k, v in (model_config.get("parameters") or {}).items()}
     metadata: dict[str, Any] = {}
-    registered = POLICY_CONFIGS.get(params.get("model_config_name", ""))
-    if registered is not None:
-        metadata.update(registered.metadata)
+    metadata.update(POLICY_METADATA.get(params.get("model_config_name", ""), {}))
     if params.get("policy_metadata"):
         try:
             extra = json.loads(params["policy_metadata"])
