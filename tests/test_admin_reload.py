@@ -20,7 +20,7 @@ from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 from tests.conftest import start_bridge_process, stop_bridge_process
-from tests.triton_helpers import copy_model, infer_inputs, set_parameter
+from tests.triton_helpers import copy_model, infer_inputs, set_parameter, wait_until
 
 API_KEY = "reload-secret"
 
@@ -108,7 +108,8 @@ def test_reload_in_explicit_mode_keeps_every_request_alive(
         started = time.monotonic()
         status, body = _post(reload_url, {"Authorization": f"Api-Key {API_KEY}"})
         finished = time.monotonic()
-        time.sleep(1.0)  # a few requests on the new copy too
+        on_new_copy = len(answered) + 4  # a few requests on the new copy too
+        wait_until(lambda: len(answered) >= on_new_copy or failures, 120, "requests answered after the reload")
         stop.set()
         for thread in robots:
             thread.join(timeout=120)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pathlib
 import signal
-import time
 
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import free_ports
-from tests.triton_helpers import copy_model, processes_mentioning, spawn_module, wait_for_log
+from tests.triton_helpers import copy_model, processes_mentioning, spawn_module, wait_for_log, wait_until
 
 
 def test_launcher_serves_and_stops_cleanly_on_ctrl_c(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> None:
@@ -41,6 +40,5 @@ def test_launcher_serves_and_stops_cleanly_on_ctrl_c(embedded_default: EmbeddedD
     finally:
         if proc.poll() is None:
             proc.kill()
-    time.sleep(1.0)
     # Stubs are started with their model.py path, so this also covers orphaned Python-backend stubs.
-    assert processes_mentioning(str(repo)) == [], "tritonserver or a stub outlived the launcher"
+    wait_until(lambda: processes_mentioning(str(repo)) == [], 30, "tritonserver and its stubs gone with the launcher")

@@ -15,7 +15,7 @@ from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.native.policy import PolicyOptions, load_policy
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
-from tests.triton_helpers import copy_model, infer_inputs, set_parameter
+from tests.triton_helpers import copy_model, infer_inputs, set_parameter, wait_until
 
 
 def test_editing_checkpoint_dir_reloads_without_failed_requests(
@@ -56,7 +56,7 @@ def test_editing_checkpoint_dir_reloads_without_failed_requests(
         thread = threading.Thread(target=robot)
         thread.start()
         try:
-            time.sleep(1.0)
+            wait_until(lambda: answers or failures, 120, "the robot answered before the edit")
             config = model / "config.pbtxt"
             text = set_parameter(config.read_text(), "checkpoint_dir", str(golden_ckpt))
             text = set_parameter(text, "tokenizer_path", str(golden_tok))
@@ -66,7 +66,8 @@ def test_editing_checkpoint_dir_reloads_without_failed_requests(
             deadline = time.monotonic() + 240
             while time.monotonic() < deadline and not (answers and np.abs(answers[-1] - expected_new).max() < 1e-4):
                 time.sleep(0.5)
-            time.sleep(1.0)
+            after_switch = len(answers) + 3  # a few answers from the new copy
+            wait_until(lambda: len(answers) >= after_switch or failures, 120, "answers after the switch")
         finally:
             stop.set()
             thread.join(timeout=60)
