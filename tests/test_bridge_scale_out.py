@@ -16,7 +16,7 @@ from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 from tests.conftest import start_bridge_process, stop_bridge_process
-from tests.triton_helpers import copy_model
+from tests.triton_helpers import copy_model, wait_until
 
 
 def _count(url: str) -> int:
@@ -93,9 +93,10 @@ def test_two_tritons_share_the_load_and_one_can_die(embedded_default: EmbeddedDe
         threads = [threading.Thread(target=traffic) for _ in range(3)]
         for thread in threads:
             thread.start()
-        time.sleep(1.5)
+        wait_until(lambda: successes[0] >= 6, 120, "traffic flowing before the kill")
         servers[0].stop()
-        time.sleep(2.5)  # the bridge's health check (every second) has taken it out by now
+        after_stop = successes[0] + 6  # served by the remaining server once the bridge took the dead one out
+        wait_until(lambda: successes[0] >= after_stop, 120, "traffic served after the kill")
         stop.set()
         for thread in threads:
             thread.join(timeout=120)
