@@ -30,7 +30,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from openpi_triton.native.embodiments import EMBODIMENTS  # noqa: E402
+from openpi_triton.domain.embodiments import EMBODIMENTS  # noqa: E402
 from openpi_triton.native.tiny import ensure_embedded_default  # noqa: E402
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports  # noqa: E402
 from tests.triton_helpers import copy_model, infer_inputs  # noqa: E402

@@ -25,8 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from openpi_triton.domain.configs import get_policy_config
 from openpi_triton.native import checkpoint, random_init, tiny, tokenizer, variants
-from openpi_triton.native.configs import get_policy_config
 from openpi_triton.native.planner import PlannerOptions, SubtaskPlanner
 from openpi_triton.native.policy import NativePolicy, PolicyOptions
 

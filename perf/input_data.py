@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from openpi_triton import tensor_names
-from openpi_triton.native.configs import PolicyConfig, get_policy_config
-from openpi_triton.native.embodiments.base import Embodiment
+from openpi_triton.domain.configs import PolicyConfig, get_policy_config
+from openpi_triton.domain.embodiments.base import Embodiment
 from openpi_triton.triton import io_spec
 from openpi_triton.triton.io_spec import TensorSpec
 

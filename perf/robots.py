@@ -117,7 +117,7 @@ def run_robot(
     results: multiprocessing.Queue,  # type: ignore[type-arg]
 ) -> None:
     """Process entry point. Always reports (an error result if it cannot connect)."""
-    from openpi_triton.native.configs import get_policy_config
+    from openpi_triton.domain.configs import get_policy_config
     from perf.input_data import observations
 
     outcome = RobotResult(task.robot_id, task.transport, [], 0, 0)

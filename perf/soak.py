@@ -123,7 +123,7 @@ class RobotDone:
 
 def robot_observation(config_name: str, robot_id: int) -> dict[str, Any]:
     """The robot's one observation, with the per-robot ``noise`` that makes its answer reproducible."""
-    from openpi_triton.native.configs import get_policy_config
+    from openpi_triton.domain.configs import get_policy_config
     from perf.input_data import observations
 
     config = get_policy_config(config_name)
@@ -133,7 +133,7 @@ def robot_observation(config_name: str, robot_id: int) -> dict[str, Any]:
 
 
 def expected_shape(config_name: str) -> tuple[int, int]:
-    from openpi_triton.native.configs import get_policy_config
+    from openpi_triton.domain.configs import get_policy_config
 
     config = get_policy_config(config_name)
     return config.action_horizon, config.embodiment.action_dim

@@ -39,7 +39,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _robot(embodiment: str, config: str, checkpoint: pathlib.Path, tokenizer: pathlib.Path, horizon: int) -> dict:
-    from openpi_triton.native.embodiments import EMBODIMENTS
+    from openpi_triton.domain.embodiments import EMBODIMENTS
     from openpi_triton.native.policy import PolicyOptions, load_policy
 
     obs = EMBODIMENTS[embodiment].example(np.random.default_rng(3), "fold the towel")

@@ -16,7 +16,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-from openpi_triton.native.embodiments import EMBODIMENTS
+from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 from tests.conftest import start_bridge_process, stop_bridge_process

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from openpi_triton.native.batching import pad_rows, parse_buckets, split_into_buckets
+from openpi_triton.domain.batching import pad_rows, parse_buckets, split_into_buckets
 from openpi_triton.native.planner import PlannerInput, SubtaskPlanner, build_vocab_mask, clean_task
 from openpi_triton.native.policy import NativePolicy
 

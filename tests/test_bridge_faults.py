@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-from openpi_triton.native.embodiments import EMBODIMENTS
+from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 from tests.conftest import start_bridge_process, stop_bridge_process

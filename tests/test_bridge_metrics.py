@@ -12,7 +12,7 @@ import websockets.sync.client
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from websockets.exceptions import InvalidStatus
 
-from openpi_triton.native.embodiments import EMBODIMENTS
+from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.protocols import local_frame
 from openpi_triton.protocols.local_frame import MessageType
 from openpi_triton.triton.launcher import TritonServer

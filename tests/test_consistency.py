@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from openpi_bridge import consistency
 from openpi_bridge.triton_gateway import ModelInterface, interface_from_config
-from openpi_triton.native.configs import get_policy_config
+from openpi_triton.domain.configs import get_policy_config
 from openpi_triton.triton import io_spec
 
 

@@ -8,28 +8,45 @@ import sys
 RUNTIME_MODULES = ("openpi_triton.native", "openpi_triton.openpi_runtime", "jax", "PIL")
 
 
+def _modules_loaded_by(imports: str, prefixes: tuple[str, ...]) -> str:
+    code = f"import sys, {imports}\nprint(sorted(m for m in sys.modules if m.startswith({prefixes!r})))"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
 def test_importing_the_bridge_loads_no_runtime() -> None:
-    code = (
-        "import sys, openpi_bridge.app, openpi_bridge.__main__\n"
-        f"print(sorted(m for m in sys.modules if m.startswith({RUNTIME_MODULES!r})))"
-    )
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    loaded = _modules_loaded_by("openpi_bridge.app, openpi_bridge.__main__", RUNTIME_MODULES)
     assert loaded == "[]", f"the bridge imports runtime modules: {loaded}"
 
 
 def test_the_contract_imports_no_runtime() -> None:
-    code = (
-        "import sys, openpi_triton.contract.io_names, openpi_triton.contract.images, "
-        "openpi_triton.contract.robot_metadata\n"
-        f"print(sorted(m for m in sys.modules if m.startswith({RUNTIME_MODULES!r})))"
+    loaded = _modules_loaded_by(
+        "openpi_triton.contract.io_names, openpi_triton.contract.images, openpi_triton.contract.robot_metadata",
+        RUNTIME_MODULES,
     )
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]", f"the contract imports runtime modules: {loaded}"
+
+
+def test_the_domain_imports_no_runtime() -> None:
+    loaded = _modules_loaded_by(
+        "openpi_triton.domain.configs, openpi_triton.domain.embodiments, openpi_triton.domain.batching, "
+        "openpi_triton.domain.normalize",
+        (*RUNTIME_MODULES, "openpi."),
+    )
+    assert loaded == "[]", f"the domain imports runtime modules: {loaded}"
+
+
+def test_the_openpi_adapter_does_not_import_the_native_runtime() -> None:
+    loaded = _modules_loaded_by(
+        "openpi_triton.openpi_runtime.policy, openpi_triton.openpi_runtime.train_config, "
+        "openpi_triton.openpi_runtime.environment",
+        ("openpi_triton.native",),
+    )
+    assert loaded == "[]", f"the openpi runtime imports the native runtime: {loaded}"
 
 
 def test_the_native_config_table_takes_policy_metadata_from_the_contract() -> None:
     from openpi_triton.contract.robot_metadata import POLICY_METADATA
-    from openpi_triton.native.configs import POLICY_CONFIGS
+    from openpi_triton.domain.configs import POLICY_CONFIGS
 
     for name, config in POLICY_CONFIGS.items():
         assert config.metadata == POLICY_METADATA.get(name, {}), name

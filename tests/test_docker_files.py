@@ -19,7 +19,7 @@ import pytest
 import yaml
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-from openpi_triton.native.embodiments import EMBODIMENTS
+from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.triton.launcher import free_ports
 from tests.triton_helpers import processes_mentioning, wait_for_log
 

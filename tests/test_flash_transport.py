@@ -14,8 +14,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
+from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.flash_client import FlashTransportPolicy, find_binary
-from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import TritonServer
 from tests.conftest import BridgeProcess

@@ -25,7 +25,7 @@ from openpi_client import msgpack_numpy
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from openpi_triton.native.embodiments import EMBODIMENTS
+from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.triton.launcher import TritonServer
 from tests.conftest import BridgeProcess, start_bridge_process, stop_bridge_process
 from tests.triton_helpers import infer_inputs

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from openpi_triton.domain.configs import get_policy_config
+from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.native.checkpoint import CheckpointError, resolve_checkpoint_dir
-from openpi_triton.native.configs import get_policy_config
-from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.native.image import resize_with_pad
 from openpi_triton.native.policy import NativePolicy, PolicyOptions
 

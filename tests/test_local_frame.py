@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openpi_client import msgpack_numpy
 
-from openpi_triton.native.embodiments import EMBODIMENTS
+from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.protocols import local_frame
 from openpi_triton.protocols.local_frame import FrameError, MessageType
 from tests.clients import SidecarClient

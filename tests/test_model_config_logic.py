@@ -10,7 +10,7 @@ import pytest
 
 from openpi_triton import tensor_names
 from openpi_triton.contract.robot_metadata import robot_metadata
-from openpi_triton.native.configs import get_policy_config
+from openpi_triton.domain.configs import get_policy_config
 from openpi_triton.triton import io_spec
 from openpi_triton.triton.model_params import ActionParams, ParameterError, PlannerParams, read_parameters
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
-from openpi_triton.native.embodiments import EMBODIMENTS
+from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.native.policy import PolicyOptions, load_policy
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.processes import stop_process

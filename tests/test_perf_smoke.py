@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from openpi_triton.native.configs import get_policy_config
+from openpi_triton.domain.configs import get_policy_config
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton import io_spec
 from openpi_triton.triton.launcher import TritonServer

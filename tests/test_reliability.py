@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
+from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.flash_client import FlashTransportPolicy
-from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports

@@ -10,8 +10,8 @@ import socket
 import numpy as np
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
+from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.flash_client import FlashTransportPolicy
-from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import free_ports
 from tests.clients import healthz

@@ -30,8 +30,8 @@ import pytest
 from openpi_client import msgpack_numpy
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
+from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.flash_client import FlashTransportPolicy
-from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.processes import Backoff, Child, Supervisor, SupervisorError, spawn, stop_process
 from openpi_triton.protocols.local_frame import MessageType

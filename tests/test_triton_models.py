@@ -12,8 +12,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.golden.tree import load_tree
-from openpi_triton.native.embodiments import EMBODIMENTS
 from openpi_triton.triton.launcher import TritonServer
 from tests.clients import metric_sum, scrape
 from tests.triton_helpers import infer_inputs

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from openpi_triton.domain.configs import ALOHA_DELTA_MASK, LIBERO_DELTA_MASK, POLICY_CONFIGS, PolicyConfig
 from openpi_triton.golden.tree import load_tree
 from openpi_triton.native import checkpoint, pi0, tokenizer
-from openpi_triton.native.configs import ALOHA_DELTA_MASK, LIBERO_DELTA_MASK, POLICY_CONFIGS, PolicyConfig
 from openpi_triton.native.planner import PlannerOptions, SubtaskPlanner
 from openpi_triton.native.policy import NativePolicy, PolicyOptions
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import pathlib
@@ -10,6 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from openpi_triton.domain.normalize import NormStats
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +77,6 @@ def load_params(checkpoint_dir: str | pathlib.Path, dtype: str | np.dtype | None
         target = np.dtype(dtype) if str(dtype) != "bfloat16" else jax.numpy.bfloat16
         params = jax.tree.map(lambda x: x.astype(target) if np.issubdtype(x.dtype, np.floating) else x, params)
     return params
-
-
-@dataclasses.dataclass(frozen=True)
-class NormStats:
-    """openpi's per-key statistics; vectors have the robot's own width (float64, as openpi parses them)."""
-
-    mean: np.ndarray
-    std: np.ndarray
-    q01: np.ndarray | None = None
-    q99: np.ndarray | None = None
 
 
 def load_norm_stats(checkpoint_dir: str | pathlib.Path, asset_id: str) -> dict[str, NormStats]:

@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from openpi_triton.native import batching, checkpoint, gemma, pi0, tokenizer
-from openpi_triton.native.embodiments.base import parse_prompt
+from openpi_triton.domain import batching
+from openpi_triton.domain.embodiments.base import parse_prompt
+from openpi_triton.native import checkpoint, gemma, pi0, tokenizer
 from openpi_triton.native.variants import ModelSpec, infer_spec
 from openpi_triton.prompt_format import DEFAULT_GENERATION_PROMPT_FORMAT, validate_prompt_format
 

@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from openpi_triton import staged_policy
-from openpi_triton.native import batching, checkpoint, normalize, pi0, tokenizer
-from openpi_triton.native.configs import PolicyConfig, get_policy_config
-from openpi_triton.native.embodiments.base import MODEL_IMAGE_SIZE, RobotFrame
+from openpi_triton.domain import batching, normalize
+from openpi_triton.domain.configs import PolicyConfig, get_policy_config
+from openpi_triton.domain.embodiments.base import MODEL_IMAGE_SIZE, RobotFrame
+from openpi_triton.native import checkpoint, pi0, tokenizer
 from openpi_triton.native.image import resize_with_pad
 from openpi_triton.native.variants import ModelSpec, infer_spec
 
@@ -70,7 +71,7 @@ class NativePolicy:
         self,
         config: PolicyConfig,
         params: Mapping[str, Any],
-        norm_stats: Mapping[str, checkpoint.NormStats],
+        norm_stats: Mapping[str, normalize.NormStats],
         sp_tokenizer: Any,
         options: PolicyOptions,
         device: jax.Device | None = None,

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from openpi_triton import staged_policy
-from openpi_triton.native import batching
-from openpi_triton.native.configs import PolicyConfig
+from openpi_triton.domain import batching
+from openpi_triton.domain.configs import PolicyConfig
 from openpi_triton.openpi_runtime import environment, train_config
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from openpi_triton.native.configs import POLICY_CONFIGS, PolicyConfig
-from openpi_triton.native.embodiments import EMBODIMENTS
+from openpi_triton.domain.configs import POLICY_CONFIGS, PolicyConfig
+from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.openpi_runtime import environment
 
 # openpi's robot input transforms -> this project's embodiment with the same observation format.

@@ -26,7 +26,7 @@ from openpi_triton.contract.io_names import (  # noqa: F401 - the models' names,
     SUBTASK,
     SUBTASK_MS,
 )
-from openpi_triton.native.configs import PolicyConfig
+from openpi_triton.domain.configs import PolicyConfig
 from openpi_triton.tensor_names import tensor_name
 
 

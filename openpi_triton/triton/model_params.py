@@ -11,9 +11,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from openpi_triton.domain.batching import DEFAULT_BATCH_BUCKETS, parse_buckets
+from openpi_triton.domain.configs import POLICY_CONFIGS, PolicyConfig, get_policy_config
 from openpi_triton.limits import DEFAULT_INPUT_LIMITS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PROMPT_BYTES, InputLimits
-from openpi_triton.native.batching import DEFAULT_BATCH_BUCKETS, parse_buckets
-from openpi_triton.native.configs import POLICY_CONFIGS, PolicyConfig, get_policy_config
 from openpi_triton.prompt_format import DEFAULT_GENERATION_PROMPT_FORMAT, validate_prompt_format
 
 RUNTIMES = ("native", "openpi")

@@ -7,7 +7,7 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
-from openpi_triton.native.configs import get_policy_config
+from openpi_triton.domain.configs import get_policy_config
 from openpi_triton.native.planner import PlannerInput, PlannerOptions, SubtaskPlanner, load_planner
 from openpi_triton.triton import backend, inherit, io_spec
 from openpi_triton.triton.model_params import PlannerParams

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import triton_python_backend_utils as pb_utils
 
-from openpi_triton.native.configs import PolicyConfig, get_policy_config
+from openpi_triton.domain.configs import PolicyConfig, get_policy_config
 from openpi_triton.triton.model_params import ActionParams, ParameterError
 
 

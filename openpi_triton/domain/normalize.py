@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from openpi_triton.native.checkpoint import NormStats
+
+@dataclasses.dataclass(frozen=True)
+class NormStats:
+    """openpi's per-key statistics; vectors have the robot's own width (float64, as openpi parses them)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    q01: np.ndarray | None = None
+    q99: np.ndarray | None = None
 
 
 def _pad(x: np.ndarray, dim: int, value: float) -> np.ndarray:

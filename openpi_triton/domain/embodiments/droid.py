@@ -6,7 +6,7 @@ The right-wrist slot is always a zero image with mask False.
 
 from __future__ import annotations
 
-from openpi_triton.native.embodiments.base import Embodiment, ImageField, StateField
+from openpi_triton.domain.embodiments.base import Embodiment, ImageField, StateField
 
 
 class Droid(Embodiment):

@@ -10,7 +10,7 @@ import difflib
 from typing import Any
 
 from openpi_triton.contract.robot_metadata import POLICY_METADATA
-from openpi_triton.native.embodiments import EMBODIMENTS, Embodiment
+from openpi_triton.domain.embodiments import EMBODIMENTS, Embodiment
 
 
 def make_bool_mask(*dims: int) -> tuple[bool, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from openpi_triton.native.embodiments.base import Embodiment, ImageField, StateField
+from openpi_triton.domain.embodiments.base import Embodiment, ImageField, StateField
 
 
 class Libero(Embodiment):

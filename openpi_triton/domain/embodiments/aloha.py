@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from openpi_triton.native.embodiments.base import Embodiment, ImageField, StateField
+from openpi_triton.domain.embodiments.base import Embodiment, ImageField, StateField
 
 JOINT_FLIP_MASK = np.array([1, -1, -1, 1, 1, 1, 1, 1, -1, -1, 1, 1, 1, 1])
 GRIPPER_DIMS = [6, 13]
