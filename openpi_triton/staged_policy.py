@@ -1,9 +1,7 @@
-"""The runtime seam: the three stages every runtime's policy exposes, and ``infer_batch`` built on them.
+"""Helpers every runtime builds its stages with (the stages: :class:`openpi_triton.runtime_api.PolicyRuntime`).
 
-Serving layers (the Triton action model) call the stages themselves so that each request gets its own
-error: ``prepare`` checks and transforms one observation (``ValueError`` names the field), ``sample`` makes
-one batched model call for many prepared observations, ``finish`` applies the output transforms to one
-row. ``infer_batch`` is the whole of openpi's ``Policy.infer`` for many observations at once.
+``infer_batch`` is the whole of openpi's ``Policy.infer`` for many observations at once, ``check_noise`` the
+one rule for a request's noise, ``warm_buckets`` the warm-up that keeps serving free of compilation.
 """
 
 from __future__ import annotations
@@ -11,23 +9,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from openpi_triton.runtime_api import PolicyRuntime
 
 logger = logging.getLogger(__name__)
 
 
-class StagedPolicy(Protocol):
-    def prepare(self, obs: Mapping[str, Any], noise: Any = None) -> Any: ...
-
-    def sample(self, prepared: Sequence[Any]) -> Any: ...
-
-    def finish(self, prepared: Any, raw: Any) -> Any: ...
-
-
 def infer_batch(
-    policy: StagedPolicy, observations: Sequence[Mapping[str, Any]], noise: Sequence[Any] | None = None
+    policy: PolicyRuntime, observations: Sequence[Mapping[str, Any]], noise: Sequence[Any] | None = None
 ) -> list[dict[str, Any]]:
     """Every observation prepared (raises on the first bad one), one ``sample``, then ``finish`` per row."""
     noises = list(noise) if noise is not None else [None] * len(observations)
@@ -60,7 +53,7 @@ def check_noise(noise: Any, expected: tuple[int, int]) -> np.ndarray | None:
     return array.astype(np.float32)
 
 
-def warm_buckets(policy: StagedPolicy, example: Any, buckets: Sequence[int], label: str) -> dict[int, float]:
+def warm_buckets(policy: PolicyRuntime, example: Any, buckets: Sequence[int], label: str) -> dict[int, float]:
     """One ``sample`` per batch bucket with a prepared example, so serving never compiles (seconds each)."""
     seconds: dict[int, float] = {}
     for bucket in buckets:

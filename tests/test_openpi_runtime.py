@@ -127,7 +127,8 @@ def _golden_case(golden_dir: pathlib.Path, case: str) -> tuple[list[dict], list[
 
 
 def _openpi_policy(golden_dir: pathlib.Path, case: str) -> Any:
-    from openpi_triton.openpi_runtime.policy import OpenpiOptions, load_openpi_policy
+    from openpi_triton.openpi_runtime.loader import load_openpi_policy
+    from openpi_triton.openpi_runtime.policy import OpenpiOptions
 
     options = OpenpiOptions(weight_dtype="float32", setup_script=str(GOLDEN_SETUP), batch_buckets=(1, 2, 4, 8))
     return load_openpi_policy(case, golden_dir / case / "checkpoint", options)
@@ -184,7 +185,8 @@ def test_openpi_runtime_pytorch_checkpoint_batched_equals_openpis_own_infer(
     from openpi.training import config as openpi_config
 
     from openpi_triton.openpi_runtime.environment import run_setup_script
-    from openpi_triton.openpi_runtime.policy import OpenpiOptions, load_openpi_policy
+    from openpi_triton.openpi_runtime.loader import load_openpi_policy
+    from openpi_triton.openpi_runtime.policy import OpenpiOptions
 
     run_setup_script(str(GOLDEN_SETUP))
     train = openpi_config.get_config("pi05_aloha")

@@ -131,7 +131,11 @@ pub fn client_config(options: &LinkOptions) -> Result<quinn::ClientConfig> {
         .with_no_client_auth();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config(options)?));
+    let mut transport = transport_config(options)?;
+    // The client opens the link's one stream itself; the server never opens any toward it.
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(0));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    config.transport_config(Arc::new(transport));
     Ok(config)
 }
 

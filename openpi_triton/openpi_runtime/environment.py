@@ -10,6 +10,8 @@ import runpy
 import sys
 from types import ModuleType
 
+from openpi_triton.runtime_api import RuntimeUnavailableError
+
 COMPILE_MODE_ENV = "OPENPI_PYTORCH_COMPILE_MODE"
 # torch.compile modes openpi's Pi0Config accepts, plus "none" (eager PyTorch).
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -22,7 +24,7 @@ OPENPI_MISSING = (
 )
 
 
-class OpenpiUnavailableError(RuntimeError):
+class OpenpiUnavailableError(RuntimeUnavailableError):
     """openpi (or one of its own dependencies) cannot be imported."""
 
 

@@ -1,20 +1,18 @@
-"""openpi's ``Policy``, batched: its input transforms per observation, one ``sample_actions`` call on the stacked
-batch, its output transforms per row.
+"""openpi's policy, batched: its input transforms per observation, one model call on the stacked batch,
+its output transforms per row.
 
 ``Policy.infer`` takes one observation. Serving a batch by looping over it would cost one model call per
-robot; instead this reuses the policy's own pieces (the composed transforms and the model) around a
-single batched call, padded to the same fixed buckets as the native runtime so nothing compiles after
-warm-up. The stage API (``prepare`` / ``sample`` / ``finish``) is the native runtime's.
+robot; instead the same pieces openpi's policy is made of (the composed transforms and the model's
+``sample_actions``, see :mod:`openpi_triton.openpi_runtime.loader`) run around a single batched call,
+padded to the same fixed buckets as the native runtime so nothing compiles after warm-up. The stages
+(``prepare`` / ``sample`` / ``finish``) are the runtime interface of :mod:`openpi_triton.runtime_api`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import inspect
 import logging
-import pathlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +20,6 @@ import numpy as np
 from openpi_triton import staged_policy
 from openpi_triton.domain import batching
 from openpi_triton.domain.configs import PolicyConfig
-from openpi_triton.openpi_runtime import environment, train_config
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +28,7 @@ WEIGHT_DTYPES = ("bfloat16", "float32")
 
 @dataclasses.dataclass(frozen=True)
 class OpenpiOptions:
-    """Serving choices around openpi's policy factory."""
+    """Serving choices around openpi's model and transforms."""
 
     # bfloat16: what openpi's create_trained_policy does; float32 keeps the checkpoint's float32 weights.
     weight_dtype: str = "bfloat16"
@@ -49,6 +46,22 @@ class OpenpiOptions:
         object.__setattr__(self, "batch_buckets", batching.parse_buckets(self.batch_buckets))
 
 
+# One batched model call: stacked transformed inputs (numpy, leading batch axis) and the batch's noise (None
+# for models without) -> (state, actions) as numpy with the same leading axis.
+BatchedSample = Callable[[dict[str, Any], "np.ndarray | None"], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenpiParts:
+    """What a loaded openpi model is made of, as plain callables (the loader builds them from openpi)."""
+
+    input_transform: Callable[[dict[str, Any]], dict[str, Any]]
+    output_transform: Callable[[dict[str, Any]], dict[str, Any]]
+    sample: BatchedSample
+    takes_noise: bool
+    description: str
+
+
 @dataclasses.dataclass
 class OpenpiPrepared:
     """One observation after openpi's input transforms (a dict of arrays, unbatched)."""
@@ -58,33 +71,15 @@ class OpenpiPrepared:
 
 
 class OpenpiPolicy:
-    """A policy built by openpi's ``create_trained_policy``, run batched."""
+    """openpi's transforms and model, run batched."""
 
-    def __init__(self, policy: Any, config: PolicyConfig, options: OpenpiOptions) -> None:
-        for attribute in ("_input_transform", "_output_transform", "_model", "_sample_actions", "_is_pytorch_model"):
-            if not hasattr(policy, attribute):
-                raise RuntimeError(
-                    f"the installed openpi's Policy has no {attribute!r}: this adapter supports openpi at commit "
-                    "15a9616 and compatible versions"
-                )
+    def __init__(self, parts: OpenpiParts, config: PolicyConfig, options: OpenpiOptions) -> None:
         self.config = config
         self.options = options
         self.model_name = config.name
-        self.is_pytorch = bool(policy._is_pytorch_model)
-        self._input_transform = policy._input_transform
-        self._output_transform = policy._output_transform
-        self._sample_actions = policy._sample_actions
-        self._sample_kwargs = dict(getattr(policy, "_sample_kwargs", {}) or {})
-        self._model = policy._model
-        sample_parameters = inspect.signature(self._model.sample_actions).parameters
-        self.takes_noise = "noise" in sample_parameters
-        if options.num_steps is not None and "num_steps" in sample_parameters:
-            self._sample_kwargs["num_steps"] = options.num_steps
+        self.parts = parts
+        self.takes_noise = parts.takes_noise
         self._noise_rng = np.random.default_rng()
-        if not self.is_pytorch:
-            import jax
-
-            self._rng = jax.random.key(0)
         self.compiled_buckets: set[int] = set()
         self._layout: dict[str, tuple[tuple[int, ...], str]] | None = None
 
@@ -93,8 +88,7 @@ class OpenpiPolicy:
         return self.config.action_horizon
 
     def describe(self) -> str:
-        backend = "PyTorch" if self.is_pytorch else "JAX"
-        return f"openpi {self.model_name} ({backend}, {type(self._model).__name__})"
+        return f"openpi {self.model_name} ({self.parts.description})"
 
     # ----- stages -----------------------------------------------------------------------------------------------
 
@@ -105,7 +99,7 @@ class OpenpiPolicy:
         # Transforms may modify their input in place: give them a copy of the containers.
         copied = _copy_tree(obs)
         try:
-            inputs = self._input_transform(copied)
+            inputs = self.parts.input_transform(copied)
         except Exception as exc:
             raise ValueError(f"observation rejected by openpi's input transforms: {type(exc).__name__}: {exc}") from exc
         self._check_layout(inputs)
@@ -130,7 +124,7 @@ class OpenpiPolicy:
 
     def check_noise(self, noise: Any) -> np.ndarray | None:
         if noise is not None and not self.takes_noise:
-            raise ValueError(f"'noise': model {self.model_name} ({type(self._model).__name__}) does not take noise")
+            raise ValueError(f"'noise': model {self.model_name} ({self.parts.description}) does not take noise")
         return staged_policy.check_noise(noise, (self.config.action_horizon, self.config.action_dim))
 
     def sample(self, prepared: Sequence[OpenpiPrepared]) -> list[dict[str, np.ndarray]]:
@@ -141,9 +135,9 @@ class OpenpiPolicy:
             padded = chunk + [chunk[0]] * (bucket - len(chunk))
             if bucket not in self.compiled_buckets:
                 logger.info("openpi %s: first call with batch %d (compiles)", self.model_name, bucket)
-            state, actions = self._call(padded)
+            state, actions = self.parts.sample(_stack_trees([p.inputs for p in padded]), self._batched_noise(padded))
             self.compiled_buckets.add(bucket)
-            rows += [{"state": state[i], "actions": actions[i]} for i in range(len(chunk))]
+            rows += [{"state": np.asarray(state[i]), "actions": np.asarray(actions[i])} for i in range(len(chunk))]
         return rows
 
     def _batched_noise(self, padded: Sequence[OpenpiPrepared]) -> np.ndarray | None:
@@ -156,39 +150,9 @@ class OpenpiPolicy:
             [p.noise if p.noise is not None else self._noise_rng.standard_normal(shape, np.float32) for p in padded]
         )
 
-    def _call(self, padded: Sequence[OpenpiPrepared]) -> tuple[np.ndarray, np.ndarray]:
-        from openpi.models import model as openpi_model
-
-        stacked = _stack_trees([p.inputs for p in padded])
-        noise = self._batched_noise(padded)
-        kwargs = dict(self._sample_kwargs)
-        if self.is_pytorch:
-            import torch
-
-            def to_torch(x: Any) -> Any:
-                return torch.from_numpy(np.asarray(x)).to(self.options.torch_device)
-
-            inputs = _map_tree(to_torch, stacked)
-            if noise is not None:
-                kwargs["noise"] = to_torch(noise)
-            with torch.inference_mode():
-                actions = self._sample_actions(
-                    self.options.torch_device, openpi_model.Observation.from_dict(inputs), **kwargs
-                )
-            return inputs["state"].detach().cpu().numpy(), actions.detach().cpu().numpy()
-        import jax
-        import jax.numpy as jnp
-
-        inputs = _map_tree(jnp.asarray, stacked)
-        if noise is not None:
-            kwargs["noise"] = jnp.asarray(noise)
-        self._rng, key = jax.random.split(self._rng)
-        actions = self._sample_actions(key, openpi_model.Observation.from_dict(inputs), **kwargs)
-        return np.asarray(inputs["state"]), np.asarray(actions)
-
     def finish(self, prepared: OpenpiPrepared, raw: Mapping[str, np.ndarray]) -> np.ndarray:
         """openpi's output transforms for one row; returns the robot's actions as float32."""
-        outputs = self._output_transform(dict(raw))
+        outputs = self.parts.output_transform(dict(raw))
         return np.asarray(outputs["actions"], dtype=np.float32)
 
     # ----- whole calls ------------------------------------------------------------------------------------------
@@ -230,12 +194,6 @@ def _copy_tree(tree: Any) -> Any:
     return tree
 
 
-def _map_tree(fn: Any, tree: Any) -> Any:
-    if isinstance(tree, Mapping):
-        return {k: _map_tree(fn, v) for k, v in tree.items()}
-    return fn(tree)
-
-
 def _stack_trees(trees: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     first = trees[0]
     out: dict[str, Any] = {}
@@ -245,94 +203,3 @@ def _stack_trees(trees: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         else:
             out[key] = np.stack([np.asarray(t[key]) for t in trees])
     return out
-
-
-@contextlib.contextmanager
-def _float32_weights(policy_config: Any) -> Iterator[None]:
-    """openpi's factory restores weights as bfloat16; this keeps the checkpoint's dtype for the call."""
-    model_module = policy_config._model
-    original = model_module.restore_params
-
-    def restore_keeping_dtype(path: Any, **kwargs: Any) -> Any:
-        kwargs.pop("dtype", None)
-        return original(path, **kwargs)
-
-    model_module.restore_params = restore_keeping_dtype
-    try:
-        yield
-    finally:
-        model_module.restore_params = original
-
-
-@contextlib.contextmanager
-def _pytorch_precision(weight_dtype: str) -> Iterator[None]:
-    """openpi's factory casts PyTorch weights to bfloat16 after loading; this casts to ``weight_dtype`` instead.
-
-    The model is built in the config's dtype and the checkpoint copied into it; with float32 the build must
-    be float32 too, or the weights would be rounded to bfloat16 before the cast back.
-    """
-    from openpi.models_pytorch import gemma_pytorch
-
-    model_class = gemma_pytorch.PaliGemmaWithExpertModel
-    original_init = model_class.__init__
-    original_cast = model_class.to_bfloat16_for_selected_params
-
-    def init_in_dtype(self: Any, *args: Any, **kwargs: Any) -> None:
-        original_init(self, *args, **{**kwargs, "precision": weight_dtype})
-
-    def cast_to_dtype(self: Any, precision: str = "bfloat16") -> None:
-        original_cast(self, weight_dtype)
-
-    model_class.__init__ = init_in_dtype
-    model_class.to_bfloat16_for_selected_params = cast_to_dtype
-    try:
-        yield
-    finally:
-        model_class.__init__ = original_init
-        model_class.to_bfloat16_for_selected_params = original_cast
-
-
-def load_openpi_policy(
-    config_name: str, checkpoint_dir: str | pathlib.Path, options: OpenpiOptions | None = None
-) -> OpenpiPolicy:
-    """``create_trained_policy(get_config(config_name), checkpoint_dir, default_prompt=...)``, batched."""
-    options = options or OpenpiOptions()
-    train, serving = train_config.resolve(config_name, embodiment=options.embodiment, setup_script=options.setup_script)
-    policy_config = environment.import_openpi()
-    if str(checkpoint_dir).startswith("gs://"):
-        # openpi downloads it into $OPENPI_DATA_HOME itself (PyTorch checkpoints are local only).
-        return _create(policy_config, train, str(checkpoint_dir), serving, options, torch_weights=False)
-    checkpoint = pathlib.Path(checkpoint_dir)
-    if not checkpoint.is_dir():
-        raise ValueError(f"parameter 'checkpoint_dir': {str(checkpoint)!r} is not a directory")
-    has_torch_weights = (checkpoint / "model.safetensors").is_file()
-    if not has_torch_weights and not (checkpoint / "params").is_dir():
-        raise ValueError(
-            f"parameter 'checkpoint_dir': {str(checkpoint)!r} has neither params/ (JAX) nor model.safetensors (PyTorch)"
-        )
-    return _create(policy_config, train, checkpoint, serving, options, torch_weights=has_torch_weights)
-
-
-def _create(
-    policy_config: Any,
-    train: Any,
-    checkpoint: str | pathlib.Path,
-    serving: PolicyConfig,
-    options: OpenpiOptions,
-    *,
-    torch_weights: bool,
-) -> OpenpiPolicy:
-    if torch_weights:
-        patch = _pytorch_precision(options.weight_dtype)
-    elif options.weight_dtype == "float32":
-        patch = _float32_weights(policy_config)
-    else:
-        patch = contextlib.nullcontext()
-    with patch:
-        policy = policy_config.create_trained_policy(
-            train,
-            checkpoint,
-            default_prompt=options.default_prompt,
-            pytorch_device=options.torch_device if torch_weights else None,
-        )
-    return OpenpiPolicy(policy, serving, options)

@@ -13,6 +13,7 @@ import logging
 import os
 import pathlib
 import re
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from openpi_triton.limits import InputLimits
+from openpi_triton.runtime_api import Placement, RuntimeUnavailableError
 from openpi_triton.tensor_names import key_path, unflatten
 from openpi_triton.triton.io_spec import TensorSpec
 
@@ -40,6 +42,15 @@ def log_info(message: str) -> None:
         pb_utils.Logger.log_info(message)
     except AttributeError:  # a Python backend without the Logger API
         logger.info(message)
+
+
+def log_failure(message: str) -> None:
+    """An error with the traceback being handled, through Triton's log (its --log-error switch)."""
+    text = f"{message}\n{traceback.format_exc()}"
+    try:
+        pb_utils.Logger.log_error(text)
+    except AttributeError:  # a Python backend without the Logger API
+        logger.error(text)
 
 
 def invalid(message: str) -> Any:
@@ -154,13 +165,12 @@ def add_io(config: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSp
     return config
 
 
-def jax_device(args: dict[str, str]) -> Any:
+def jax_device(placement: Placement) -> Any:
     """The JAX device of this model instance: ``KIND_GPU`` + device id -> that GPU, else the CPU."""
     import jax
 
-    kind = args.get("model_instance_kind", "CPU")
-    if kind == "GPU":
-        device_id = int(args.get("model_instance_device_id", "0"))
+    if placement.kind == "GPU":
+        device_id = placement.device_id
         try:
             gpus = jax.devices("gpu")
         except RuntimeError:
@@ -427,7 +437,7 @@ def load_or_fail(args: dict[str, str], load: Callable[[], T]) -> T:
     """Runs a checkpoint load; a bad checkpoint or tokenizer fails the model load with a clear message."""
     try:
         return load()
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeUnavailableError) as exc:
         raise pb_utils.TritonModelException(f"{args['model_name']}: {exc}") from None
 
 

@@ -15,8 +15,8 @@ from openpi_triton.domain.batching import DEFAULT_BATCH_BUCKETS, parse_buckets
 from openpi_triton.domain.configs import POLICY_CONFIGS, PolicyConfig, get_policy_config
 from openpi_triton.limits import DEFAULT_INPUT_LIMITS, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_PROMPT_BYTES, InputLimits
 from openpi_triton.prompt_format import DEFAULT_GENERATION_PROMPT_FORMAT, validate_prompt_format
+from openpi_triton.runtime_api import RuntimeSpec, get_runtime, runtime_names
 
-RUNTIMES = ("native", "openpi")
 DEFAULT_ACTION_PROMPT_TEMPLATE = "{task}. Subtask: {subtask}"
 
 
@@ -92,40 +92,39 @@ class ActionParams:
             buckets = parse_buckets(params.get("batch_buckets", "") or DEFAULT_BATCH_BUCKETS)
         except ValueError as exc:
             raise ParameterError(f"parameter 'batch_buckets': {exc}") from None
-        runtime = _choice(params, "runtime", RUNTIMES, "native")
+        spec = _runtime(params)
         name = params.get("model_config_name", "")
-        if runtime == "openpi":
-            if not name:
-                raise ParameterError("parameter 'model_config_name' is required (an openpi config name)")
-            if params.get("tokenizer_path", ""):
-                raise ParameterError(
-                    "parameter 'tokenizer_path': not used by runtime 'openpi' (openpi reads its tokenizer from "
-                    "$OPENPI_DATA_HOME/big_vision); leave it empty"
-                )
-            if not params.get("checkpoint_dir", ""):
-                raise ParameterError(
-                    "parameter 'checkpoint_dir': runtime 'openpi' needs a checkpoint (a local directory, or a "
-                    "gs:// URI openpi downloads itself); the embedded default is for runtime 'native'"
-                )
-        else:
-            for key in ("embodiment", "openpi_setup_script"):
-                if params.get(key, ""):
-                    raise ParameterError(f"parameter '{key}': only used by runtime 'openpi'")
         return cls(
-            runtime=runtime,
+            runtime=spec.name,
             model_config_name=name,
-            config=_policy_config(params) if runtime == "native" else POLICY_CONFIGS.get(name),
+            config=_policy_config(params) if spec.needs_known_config else POLICY_CONFIGS.get(name),
             checkpoint_dir=params.get("checkpoint_dir", ""),
             tokenizer_path=params.get("tokenizer_path", ""),
             default_prompt=params.get("default_prompt", "") or None,
-            # openpi's own loader keeps weights in bfloat16; the native runtime defaults to float32.
-            dtype=_choice(params, "dtype", ("float32", "bfloat16"), "bfloat16" if runtime == "openpi" else "float32"),
+            dtype=_choice(params, "dtype", ("float32", "bfloat16"), spec.default_dtype),
             num_steps=_int(params, "num_steps", 10),
             batch_buckets=buckets,
             embodiment=params.get("embodiment", ""),
             openpi_setup_script=params.get("openpi_setup_script", ""),
             limits=input_limits(params),
         )
+
+
+def _runtime(params: Mapping[str, str]) -> RuntimeSpec:
+    """The ``runtime`` parameter's spec, after its own rules and the rule that another runtime's parameters
+    are not set."""
+    try:
+        spec = get_runtime(params.get("runtime", "") or "native")
+    except ValueError as exc:
+        raise ParameterError(f"parameter 'runtime': {exc}") from None
+    spec.check_parameters(params)
+    for other in runtime_names():
+        if other == spec.name:
+            continue
+        for key in get_runtime(other).own_parameters:
+            if params.get(key, ""):
+                raise ParameterError(f"parameter '{key}': only used by runtime '{other}'")
+    return spec
 
 
 def validate_action_prompt_template(template: str) -> str:

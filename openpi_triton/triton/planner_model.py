@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
 from openpi_triton.domain.configs import get_policy_config
 from openpi_triton.native.planner import PlannerInput, PlannerOptions, SubtaskPlanner, load_planner
-from openpi_triton.triton import backend, inherit, io_spec
+from openpi_triton.runtime_api import Placement
+from openpi_triton.triton import backend, batched_execute, inherit, io_spec
 from openpi_triton.triton.model_params import PlannerParams
 
 
@@ -47,63 +48,50 @@ class PlannerModel:
             batch_buckets=self.params.batch_buckets,
             tokenizer_path=tokenizer_path,
         )
-        device = backend.jax_device(args)
+        device = backend.jax_device(Placement.of_instance(args))
         self.planner = backend.load_or_fail(args, lambda: load_planner(checkpoint_dir, options, device))
         self.inputs = io_spec.planner_inputs(self.params.config)
-        self.model_name = args["model_name"]
         served = backend.served_labels(self.params.config.name, self.params.checkpoint_dir)
-        self.metrics = backend.ModelMetrics.create(args["model_name"], "planner", served)
-        self.failures = backend.RequestFailures.create(args["model_name"], served)
+        self.batched = batched_execute.BatchedModel(
+            model_name=args["model_name"],
+            served_config=self.params.config.name,
+            call_name="subtask generation",
+            read=self._read,
+            call=lambda rows: self.planner.generate_batch([prepared for _, prepared in rows]),
+            respond=self._respond,
+            metrics=backend.ModelMetrics.create(args["model_name"], "planner", served),
+            failures=backend.RequestFailures.create(args["model_name"], served),
+        )
         seconds = self.planner.warmup()
         backend.log_info(f"{args['model_name']} ready, warm-up {seconds}")
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses: list[Any] = [None] * len(requests)
-        batches: list[tuple[int, list[str], list[PlannerInput]]] = []
-        for index, request in enumerate(requests):
-            refusal = backend.config_mismatch(request, self.model_name, self.params.config.name)
-            if refusal is not None:
-                responses[index] = refusal
-                continue
-            try:
-                rows = backend.read_rows(request, self.inputs, self.params.limits)
-                tasks = [row.get(io_spec.PROMPT, "") for row in rows]
-                prepared = [
-                    self.planner.prepare_observation(
-                        backend.observation(row, exclude=(io_spec.GENERATION_PROMPT_FORMAT,)),
-                        row.get(io_spec.GENERATION_PROMPT_FORMAT),
-                    )
-                    for row in rows
-                ]
-                batches.append((index, tasks, prepared))
-            except ValueError as exc:
-                responses[index] = backend.invalid(str(exc))
-        flat = [item for _, _, items in batches for item in items]
-        if not flat:
-            return backend.finish_responses(requests, responses, self.failures)
-        start = time.perf_counter()
-        try:
-            subtasks = self.planner.generate_batch(flat)
-        except Exception as exc:
-            backend.logger.exception("subtask generation failed for a batch of %d", len(flat))
-            for index, _, _ in batches:
-                responses[index] = backend.internal(f"subtask generation failed: {type(exc).__name__}: {exc}")
-            return backend.finish_responses(requests, responses, self.failures)
-        ms = (time.perf_counter() - start) * 1000.0
-        self.metrics.observe(len(flat), ms)
-        row = 0
-        template = self.params.action_prompt_template
-        for index, tasks, items in batches:
-            texts = [s.text for s in subtasks[row : row + len(items)]]
-            row += len(items)
-            responses[index] = pb_utils.InferenceResponse(
-                [
-                    backend.string_tensor(io_spec.SUBTASK, texts),
-                    backend.float_tensor(io_spec.SUBTASK_MS, [[ms]] * len(items)),
-                    backend.string_tensor(
-                        io_spec.ACTION_PROMPT,
-                        [splice_action_prompt(template, t, s) for t, s in zip(tasks, texts, strict=True)],
-                    ),
-                ]
+        return batched_execute.execute(self.batched, requests)
+
+    def _read(self, request: Any) -> list[tuple[str, PlannerInput]]:
+        """Each row's task prompt (spliced into the action prompt) and its prepared planner input."""
+        rows = backend.read_rows(request, self.inputs, self.params.limits)
+        return [
+            (
+                row.get(io_spec.PROMPT, ""),
+                self.planner.prepare_observation(
+                    backend.observation(row, exclude=(io_spec.GENERATION_PROMPT_FORMAT,)),
+                    row.get(io_spec.GENERATION_PROMPT_FORMAT),
+                ),
             )
-        return backend.finish_responses(requests, responses, self.failures)
+            for row in rows
+        ]
+
+    def _respond(self, rows: list[tuple[str, PlannerInput]], subtasks: Sequence[Any], ms: float) -> Any:
+        texts = [s.text for s in subtasks]
+        template = self.params.action_prompt_template
+        return pb_utils.InferenceResponse(
+            [
+                backend.string_tensor(io_spec.SUBTASK, texts),
+                backend.float_tensor(io_spec.SUBTASK_MS, [[ms]] * len(rows)),
+                backend.string_tensor(
+                    io_spec.ACTION_PROMPT,
+                    [splice_action_prompt(template, task, s) for (task, _), s in zip(rows, texts, strict=True)],
+                ),
+            ]
+        )
