@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from openpi_triton.domain import batching
+from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.domain.embodiments.base import parse_prompt
 from openpi_triton.native import checkpoint, gemma, pi0, tokenizer
 from openpi_triton.native.variants import ModelSpec, infer_spec
@@ -35,10 +36,17 @@ logger = logging.getLogger(__name__)
 PLANNER_MAX_LEN = 200
 MASKED_LOGIT = -1e9
 
+
+def _camera_slots(embodiment: str) -> dict[str, str]:
+    """An embodiment's camera keys (the last step of each image path) -> the model image slot they feed."""
+    return {field.path[-1]: field.slot for field in EMBODIMENTS[embodiment].image_fields if field.slot}
+
+
 # openpi-flash's camera-name mappings, tried in this order; the first whose keys overlap the robot's wins.
+# ALOHA's and DROID's are their embodiments' own; Galaxea R1 has no embodiment here, only this mapping.
 CAMERA_NAME_MAPPINGS: dict[str, dict[str, str]] = {
-    "aloha": {"cam_high": "base_0_rgb", "cam_left_wrist": "left_wrist_0_rgb", "cam_right_wrist": "right_wrist_0_rgb"},
-    "droid": {"observation/exterior_image_1_left": "base_0_rgb", "observation/wrist_image_left": "left_wrist_0_rgb"},
+    "aloha": _camera_slots("aloha"),
+    "droid": _camera_slots("droid"),
     "galaxea_r1": {
         "head_camera": "base_0_rgb",
         "left_wrist_camera": "left_wrist_0_rgb",
