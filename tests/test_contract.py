@@ -50,3 +50,26 @@ def test_the_native_config_table_takes_policy_metadata_from_the_contract() -> No
 
     for name, config in POLICY_CONFIGS.items():
         assert config.metadata == POLICY_METADATA.get(name, {}), name
+
+
+def test_policy_metadata_the_config_does_not_carry_is_found_and_the_fix_line_publishes_it() -> None:
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from openpi_triton.contract.robot_metadata import publish_instruction, robot_metadata, unpublished_metadata
+
+    policy_metadata = {"reset_pose": [0.0, -1.5, 1.5], "gripper": 'open "wide"'}
+    base = 'name: "action" parameters { key: "model_config_name" value: { string_value: "my_openpi_config" } }'
+
+    def as_served(pbtxt: str) -> dict:
+        config = text_format.Parse(pbtxt, model_config_pb2.ModelConfig())
+        return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+    missing = unpublished_metadata(policy_metadata, as_served(base))
+    assert missing == policy_metadata
+    fixed = as_served(f"{base} {publish_instruction(missing)}")
+    assert unpublished_metadata(policy_metadata, fixed) == {}
+    assert {k: robot_metadata(fixed)[k] for k in policy_metadata} == policy_metadata
+    # A config of the table publishes its own metadata without any parameter.
+    known = as_served('parameters { key: "model_config_name" value: { string_value: "pi05_aloha" } }')
+    assert unpublished_metadata({"reset_pose": [0, -1.5, 1.5, 0, 0, 0]}, known) == {}

@@ -61,3 +61,18 @@ def robot_metadata(model_config: Mapping[str, Any]) -> dict[str, Any]:
     if actions is not None and _dims(actions) and _dims(actions)[0] > 0:
         metadata["action_horizon"] = _dims(actions)[0]
     return metadata
+
+
+def unpublished_metadata(policy_metadata: Mapping[str, Any], model_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The served policy's metadata keys robots would not receive from ``model_config`` (an openpi config
+    this project's table does not know, whose metadata only openpi has: the model must not load silently
+    without it)."""
+    published = robot_metadata(model_config)
+    return {key: value for key, value in policy_metadata.items() if key not in published}
+
+
+def publish_instruction(missing: Mapping[str, Any]) -> str:
+    """The config.pbtxt line that publishes ``missing`` to robots."""
+    # A protobuf text string: backslashes first, then quotes.
+    value = json.dumps(dict(missing)).replace("\\", "\\\\").replace('"', '\\"')
+    return f'parameters {{ key: "policy_metadata" value: {{ string_value: "{value}" }} }}'

@@ -4,12 +4,14 @@ stacked into one batched call of the configured runtime (:mod:`openpi_triton.run
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from openpi_triton.contract.robot_metadata import publish_instruction, unpublished_metadata
 from openpi_triton.runtime_api import Placement, PolicyRuntime, get_runtime
 from openpi_triton.triton import backend, batched_execute, io_spec, served_config
 from openpi_triton.triton.model_params import ActionParams, read_parameters
@@ -34,6 +36,7 @@ class ActionModel:
         self.params = backend.parse_parameters(ActionParams.parse, args)
         runtime = get_runtime(self.params.runtime)
         self.policy = backend.load_or_fail(args, lambda: runtime.load(self.params, Placement.of_instance(args)))
+        self._check_metadata_is_published(args)
         self.inputs = io_spec.action_inputs(self.policy.config)
         served = backend.served_labels(self.policy.config.name, self.params.checkpoint_dir)
         self.batched = batched_execute.BatchedModel(
@@ -48,6 +51,16 @@ class ActionModel:
         )
         seconds = self.policy.warmup()
         backend.log_info(f"{args['model_name']} ready: {self.policy.describe()}, warm-up {seconds}")
+
+    def _check_metadata_is_published(self, args: dict[str, str]) -> None:
+        """Robots read the policy metadata (ALOHA's reset_pose) from this model's config; a policy whose
+        metadata the config does not carry fails to load, saying the line to add."""
+        missing = unpublished_metadata(self.policy.config.metadata, json.loads(args["model_config"]))
+        if missing:
+            raise pb_utils.TritonModelException(
+                f"{args['model_name']}: config {self.policy.config.name!r} has policy metadata robots would not "
+                f"receive ({sorted(missing)}); add to config.pbtxt: {publish_instruction(missing)}"
+            )
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return batched_execute.execute(self.batched, requests)
