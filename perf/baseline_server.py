@@ -1,10 +1,12 @@
 """The baseline: openpi's own WebSocket server (PyPI ``openpi-server``, unchanged) serving the native runtime.
 
     python -m perf.baseline_server --port 8300 --checkpoint DIR --tokenizer PATH [--config pi05_aloha]
+    python -m perf.baseline_server ... --cost-curve pi05_published   # the simulated runtime (GPU cost curve)
 
 This is what a robot team runs without Triton: one process, ``WebsocketPolicyServer(policy).serve_forever()``,
 one ``policy.infer(obs)`` at a time. The policy is the same ``NativePolicy`` (same checkpoint, dtype, flow steps)
-that the Triton ``action`` model runs, so the comparison is about serving, not the model. Prints
+that the Triton ``action`` model runs, so the comparison is about serving, not the model; with
+``--cost-curve`` both serve the same ``SimulatedPolicy`` (real transforms, the curve's wait). Prints
 ``baseline ready`` once the policy is compiled and the port is open.
 """
 
@@ -22,13 +24,13 @@ from typing import Any
 
 from openpi_client import base_policy
 
-from openpi_triton.native.policy import NativePolicy, PolicyOptions, load_policy
+from openpi_triton.native.policy import PolicyOptions, load_policy
 
 
 class ServedPolicy(base_policy.BasePolicy):
     """What ``WebsocketPolicyServer`` calls: ``infer(obs) -> dict``; openpi's serve script passes ``metadata``."""
 
-    def __init__(self, policy: NativePolicy):
+    def __init__(self, policy: Any):  # NativePolicy or SimulatedPolicy
         self._policy = policy
 
     def infer(self, obs: dict) -> dict:
@@ -58,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokenizer", type=pathlib.Path, required=True)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--num-steps", type=int, default=10)
+    parser.add_argument("--cost-curve", default="", help="serve the simulated runtime with this GPU cost curve")
     args = parser.parse_args(argv)
     from openpi_server import WebsocketPolicyServer
 
@@ -65,7 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = PolicyOptions(
         dtype=args.dtype, num_steps=args.num_steps, batch_buckets=(1,), tokenizer_path=str(args.tokenizer)
     )
-    policy = load_policy(args.config, args.checkpoint, options)
+    if args.cost_curve:
+        from openpi_triton import cost_curve
+        from openpi_triton.runtimes.simulated import load_simulated_policy
+
+        policy: Any = load_simulated_policy(args.config, args.checkpoint, options, cost_curve.load(args.cost_curve))
+    else:
+        policy = load_policy(args.config, args.checkpoint, options)
     policy.warmup()
     served = ServedPolicy(policy)
     server = WebsocketPolicyServer(served, host=args.host, port=args.port, metadata=served.metadata)

@@ -33,8 +33,9 @@ import numpy as np
 if __package__ in (None, ""):  # `python perf/fleet.py`: make the repository importable
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from perf import plots
+from perf import plots, triton_stats
 from perf.fleet_services import fleet_services
+from perf.repository import RepositoryVariant
 from perf.robots import TRANSPORTS, Endpoint, RobotResult, RobotTask, run_robot
 from perf.served_model import ServedModel, prepare
 from perf.sweep import default_results_dir
@@ -54,6 +55,8 @@ class FleetOptions:
     duration_s: float = 10.0
     warmup_calls: int = 2
     connect_timeout_s: float = 180.0
+    # Our robots go through the BLS (``combined_ensemble``, mode ``action_only``) instead of straight to ``action``.
+    ensemble: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,24 +66,35 @@ class Goal:
     met: bool | None  # None: not measured in this run
 
 
-def run_step(transport: str, endpoint: Endpoint, robots: int, options: FleetOptions, config_name: str) -> dict:
-    """``robots`` robot processes on one transport for one window; returns the summary row."""
+def run_step(
+    transport: str,
+    endpoint: Endpoint,
+    robots: int,
+    options: FleetOptions,
+    config_name: str,
+    triton: Endpoint | None = None,
+) -> dict:
+    """``robots`` robot processes on one transport for one window; returns the summary row (with Triton's
+    statistics of ``action`` over the window when ``triton`` is given and the transport reaches it)."""
     ctx = multiprocessing.get_context("spawn")  # no JAX/gRPC state inherited by fork
     ready, results = ctx.Queue(), ctx.Queue()
     go = ctx.Event()
     start_at = ctx.Value("d", 0.0)
     period = 1.0 / options.rate_hz
+    extra = (("mode", "action_only"),) if options.ensemble and transport in ("websocket", "quic") else ()
     tasks = [
         RobotTask(i, transport, endpoint, config_name, options.rate_hz, options.duration_s, period * i / robots,
-                  options.warmup_calls)
+                  options.warmup_calls, extra_obs=extra)
         for i in range(robots)
     ]  # fmt: skip
+    reaches_triton = triton is not None and transport != BASELINE
     processes = [ctx.Process(target=run_robot, args=(t, ready, start_at, go, results), daemon=True) for t in tasks]
     for p in processes:
         p.start()
     try:
         for _ in processes:
             ready.get(timeout=options.connect_timeout_s)
+        before = triton_stats.read(f"{triton.host}:{triton.port}", triton.model) if reaches_triton else None
         start_at.value = time.monotonic() + 0.2
         go.set()
         outcomes: list[RobotResult] = [
@@ -91,7 +105,11 @@ def run_step(transport: str, endpoint: Endpoint, robots: int, options: FleetOpti
             p.join(timeout=10)
             if p.is_alive():
                 p.kill()
-    return summarize(transport, robots, options, outcomes)
+    row = summarize(transport, robots, options, outcomes)
+    if before is not None and triton is not None:
+        window = triton_stats.read(f"{triton.host}:{triton.port}", triton.model).minus(before)
+        row["triton"] = window.summary()
+    return row
 
 
 def summarize(transport: str, robots: int, options: FleetOptions, outcomes: Sequence[RobotResult]) -> dict:
@@ -101,7 +119,8 @@ def summarize(transport: str, robots: int, options: FleetOptions, outcomes: Sequ
         print(f"[fleet] {transport} x{robots}: {len(errors)} robot(s) reported errors; first:\n{errors[0]}", flush=True)
     pct = (lambda q: round(float(np.percentile(latencies, q)), 2)) if latencies.size else (lambda q: float("nan"))
     missed = sum(o.missed for o in outcomes)
-    return {
+    timings = [t for o in outcomes for t in o.server_timings]
+    row = {
         "transport": transport,
         "robots": robots,
         "rate_hz": options.rate_hz,
@@ -116,6 +135,10 @@ def summarize(transport: str, robots: int, options: FleetOptions, outcomes: Sequ
         "missed_fraction": round(missed / latencies.size, 4) if latencies.size else 1.0,
         "errors": sum(o.errors for o in outcomes),
     }
+    if timings:
+        keys = sorted({k for t in timings for k in t})
+        row["server_timing_p50"] = {k: round(float(np.median([t[k] for t in timings if k in t])), 3) for k in keys}
+    return row
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -183,19 +206,27 @@ def machine() -> str:
 
 
 def run_fleet(
-    options: FleetOptions, model: ServedModel, results: pathlib.Path, triton_url: str | None = None
+    options: FleetOptions,
+    model: ServedModel,
+    results: pathlib.Path,
+    triton_url: str | None = None,
+    repository: RepositoryVariant | None = None,
 ) -> tuple[list[dict], list[Goal]]:
     """Starts the services, runs every (robot count, transport) step, writes CSV / markdown / plots."""
     results.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     total = len(options.robots) * len(options.transports)
-    with fleet_services(model, options.transports, results, triton_url) as endpoints:
+    with fleet_services(
+        model, options.transports, results, triton_url, ensemble=options.ensemble, repository=repository
+    ) as endpoints:
         step = 0
         for robots in options.robots:
             for transport in options.transports:
                 step += 1
                 started = time.monotonic()
-                row = run_step(transport, endpoints[transport], robots, options, model.config_name)
+                row = run_step(
+                    transport, endpoints[transport], robots, options, model.config_name, endpoints.get("triton")
+                )
                 rows.append(row)
                 print(
                     f"[fleet] {step}/{total} {transport} x{robots}: {row['aggregate_hz']:.1f} Hz, "
@@ -206,11 +237,12 @@ def run_fleet(
     add_ratios(rows)
     goals = evaluate_goals(rows)
     with open(results / "fleet.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(FLEET_FIELDS))
+        writer = csv.DictWriter(f, fieldnames=list(FLEET_FIELDS), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     (results / "fleet.md").write_text(markdown(rows, goals, model, options))
     (results / "fleet_goals.json").write_text(json.dumps([dataclasses.asdict(g) for g in goals], indent=1))
+    (results / "fleet.json").write_text(json.dumps(rows, indent=1))
     plots.fleet_plots(rows, options.rate_hz, results)
     return rows, goals
 

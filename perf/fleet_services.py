@@ -2,6 +2,7 @@
 
 - our stack: tritonserver (``action`` on the served model, dynamic batching, unless a running Triton is given),
   the bridge (action slot only: WebSocket + sidecar socket) and one QUIC sidecar (``openpi-flash-transport server``);
+  with ``ensemble`` the bridge's action slot calls ``combined_ensemble`` (the BLS) in front of ``action``;
 - the baseline: openpi's ``WebsocketPolicyServer`` in its own process (``perf.baseline_server``).
 """
 
@@ -71,8 +72,12 @@ def fleet_services(
     logs: pathlib.Path,
     triton_url: str | None = None,
     ready_timeout_s: float = 1800.0,
+    ensemble: bool = False,
+    repository: RepositoryVariant | None = None,
 ) -> Iterator[dict[str, Endpoint]]:
-    """Yields ``{transport: Endpoint}`` for the requested transports; everything started here is stopped after."""
+    """Yields ``{transport: Endpoint}`` for the requested transports (plus ``"triton"``: its gRPC endpoint, when
+    our stack runs); everything started here is stopped after. ``repository``: the variant to serve (default:
+    the served model's parameters on the repository's scheduler settings)."""
     work = pathlib.Path(tempfile.mkdtemp(prefix="perf-fleet-"))
     server: TritonServer | None = None
     server_log: IO[str] | None = None
@@ -83,9 +88,9 @@ def fleet_services(
     try:
         ours = [t for t in transports if t != "openpi-server"]
         if ours and triton_url is None:
-            repo = build_repository(
-                work / "repo", RepositoryVariant(gpu=model.gpu, parameters=model.parameters()), ["action"]
-            )
+            variant = repository or RepositoryVariant(gpu=model.gpu, parameters=model.parameters())
+            models = ["action", "combined_ensemble"] if ensemble else ["action"]
+            repo = build_repository(work / "repo", variant, models)
             server_log = open(logs / "triton_fleet.log", "w")  # closed in finally
             server = TritonServer(benchmark_server_options(repo), log_stream=server_log)
             server.start()
@@ -93,26 +98,22 @@ def fleet_services(
         if "openpi-server" in transports:  # starts while Triton warms up
             (port,) = free_ports(1)
             baseline = _spawn(
-                [
-                    "-m", "perf.baseline_server", "--port", str(port), "--config", model.config_name,
-                    "--checkpoint", str(model.checkpoint_dir), "--tokenizer", str(model.tokenizer_path),
-                    "--dtype", model.dtype, "--num-steps", str(model.num_steps),
-                ],
-                logs / "openpi_server.log",
-            )  # fmt: skip
+                ["-m", "perf.baseline_server", "--port", str(port), *model.baseline_args()], logs / "openpi_server.log"
+            )
             processes.append(baseline)
             endpoints["openpi-server"] = Endpoint(HOST, port)
         if server is not None:
-            server.wait_ready(["action"], timeout=ready_timeout_s)
+            server.wait_ready(models, timeout=ready_timeout_s)
         if ours:
             assert triton_url is not None
             host, _, grpc_port = triton_url.rpartition(":")
+            endpoints["triton"] = Endpoint(host, int(grpc_port), "action")
             if "grpc" in transports:
                 endpoints["grpc"] = Endpoint(host, int(grpc_port), "action")
             ws, quic = free_ports(2)
             socket_path = work / "action.sock"
             config = {
-                "action": {},
+                "action": {"model": "combined_ensemble"} if ensemble else {},
                 "host": HOST,
                 "admin": {"enabled": False},
                 "action_transport": {"websocket_port": ws, "quic_port": quic, "unix_socket_path": str(socket_path)},
@@ -131,7 +132,7 @@ def fleet_services(
         if baseline is not None:
             log = logs / "openpi_server.log"
             _wait_for_tcp(baseline, endpoints["openpi-server"].port, log, ready_timeout_s, "openpi-server")
-        yield {t: endpoints[t] for t in transports}
+        yield {t: e for t, e in endpoints.items() if t in (*transports, "triton")}
     finally:
         if sidecar is not None:
             sidecar.stop()

@@ -42,6 +42,8 @@ class RobotTask:
     warmup_calls: int = 2
     observations: int = 4
     seed: int = 0
+    # Keys added to every observation (``{"mode": "action_only"}`` through the ensemble; openpi ignores others).
+    extra_obs: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass
@@ -52,6 +54,8 @@ class RobotResult:
     missed: int
     errors: int
     first_error: str = ""
+    # Each answer's ``server_timing`` (where the server says the time went), when the transport returns it.
+    server_timings: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
 
 class Policy(Protocol):
@@ -125,6 +129,7 @@ def run_robot(
     try:
         embodiment = get_policy_config(task.config_name).embodiment
         frames = observations(embodiment, task.observations, seed=task.seed + 1000 * task.robot_id)
+        frames = [{**frame, **dict(task.extra_obs)} for frame in frames]
         client = connect(task.transport, task.endpoint)
         for i in range(task.warmup_calls):
             client.infer(frames[i % len(frames)])
@@ -146,7 +151,7 @@ def run_robot(
             time.sleep(delay)
         began = time.monotonic()
         try:
-            client.infer(frames[call % len(frames)])
+            answer = client.infer(frames[call % len(frames)])
         except Exception:
             outcome.errors += 1
             if not outcome.first_error:
@@ -157,6 +162,9 @@ def run_robot(
             elapsed = time.monotonic() - began
             outcome.latencies_ms.append(elapsed * 1000.0)
             outcome.missed += elapsed > period
+            timing = answer.get("server_timing") if isinstance(answer, dict) else None
+            if isinstance(timing, dict):
+                outcome.server_timings.append({k: float(v) for k, v in timing.items()})
         call += 1
         next_start = max(next_start + period, time.monotonic())
     close = getattr(client, "close", None)

@@ -3,6 +3,8 @@
 - ``tiny``: the embedded default (tiny random-weight pi0.5 ALOHA, CPU-friendly).
 - ``full``: a full-size random-weight pi0.5 (gemma_2b + gemma_300m + So400m/14), written once as an openpi-layout
   checkpoint under ``$OPENPI_TRITON_HOME/perf-full-<dtype>`` (about 6.6 GB in bfloat16), meant for a GPU.
+- with ``cost_curve``: the simulated runtime (the tiny model's transforms, a GPU cost curve's wait instead of the
+  model), on both servers.
 """
 
 from __future__ import annotations
@@ -29,20 +31,34 @@ class ServedModel:
     dtype: str
     gpu: bool
     num_steps: int = 10
+    cost_curve: str = ""  # non-empty: runtime 'simulated' with this curve
 
     def parameters(self) -> dict[str, str]:
         """config.pbtxt parameters for the action and planner models."""
-        return {
+        params = {
             "model_config_name": self.config_name,
             "checkpoint_dir": str(self.checkpoint_dir),
             "tokenizer_path": str(self.tokenizer_path),
             "dtype": self.dtype,
             "num_steps": str(self.num_steps),
         }
+        if self.cost_curve:
+            params.update(runtime="simulated", cost_curve=self.cost_curve)
+        return params
 
     def describe(self) -> str:
+        if self.cost_curve:
+            return f"SIMULATED {self.config_name}: GPU cost curve {self.cost_curve!r} (openpi's transforms on CPU)"
         device = "GPU" if self.gpu else "CPU"
         return f"{self.size} random-weight {self.config_name}, {self.dtype}, {self.num_steps} flow steps, {device}"
+
+    def baseline_args(self) -> list[str]:
+        """``perf.baseline_server`` arguments serving this same model behind openpi's server."""
+        args = [
+            "--config", self.config_name, "--checkpoint", str(self.checkpoint_dir),
+            "--tokenizer", str(self.tokenizer_path), "--dtype", self.dtype, "--num-steps", str(self.num_steps),
+        ]  # fmt: skip
+        return args + (["--cost-curve", self.cost_curve] if self.cost_curve else [])
 
 
 def _write_full_checkpoint(target: pathlib.Path, dtype: str, source: tiny.EmbeddedDefault) -> None:

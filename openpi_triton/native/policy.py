@@ -64,6 +64,16 @@ class PreparedObservation:
     noise: np.ndarray | None
 
 
+def checked_norm_stats(config: PolicyConfig, norm_stats: Mapping[str, checkpoint.NormStats]) -> dict[str, Any]:
+    """The statistics the input and output transforms of ``config`` need, checked once at load."""
+    for key in ("state", "actions"):
+        if key not in norm_stats:
+            raise ValueError(f"norm stats for config {config.name!r} lack {key!r}")
+    if config.use_quantile_norm:
+        normalize.check_quantiles(dict(norm_stats), config.name)
+    return dict(norm_stats)
+
+
 class NativePolicy:
     """pi0 / pi0.5 for one openpi config and checkpoint, batched over observations."""
 
@@ -86,12 +96,7 @@ class NativePolicy:
             )
         if self.spec.action_dim != config.action_dim:
             raise ValueError(f"checkpoint action_dim {self.spec.action_dim} != config action_dim {config.action_dim}")
-        for key in ("state", "actions"):
-            if key not in norm_stats:
-                raise ValueError(f"norm stats for config {config.name!r} lack {key!r}")
-        if config.use_quantile_norm:
-            normalize.check_quantiles(dict(norm_stats), config.name)
-        self.norm_stats = dict(norm_stats)
+        self.norm_stats = checked_norm_stats(config, norm_stats)
         self.tokenizer = tokenizer.PromptTokenizer(sp_tokenizer, config.max_token_len)
         if sp_tokenizer.vocab_size() > self.spec.vocab_size:
             raise ValueError(

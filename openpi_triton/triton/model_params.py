@@ -85,6 +85,8 @@ class ActionParams:
     embodiment: str = ""
     openpi_setup_script: str = ""
     limits: InputLimits = DEFAULT_INPUT_LIMITS
+    # runtime 'simulated' only: the GPU cost curve its model calls wait for (a name or a .json path).
+    cost_curve: str = ""
 
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> ActionParams:
@@ -107,6 +109,7 @@ class ActionParams:
             embodiment=params.get("embodiment", ""),
             openpi_setup_script=params.get("openpi_setup_script", ""),
             limits=input_limits(params),
+            cost_curve=params.get("cost_curve", ""),
         )
 
 
