@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 GOLDEN ?= ../shared/golden
 
 .PHONY: venv lint test golden-check default-model bench serve clean flash-transport flash-transport-release \
-	perf perf-sweep perf-fleet perf-analyzer
+	perf perf-sweep perf-fleet perf-analyzer perf-capacity
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,13 @@ perf-sweep: venv default-model
 
 perf-fleet: venv default-model flash-transport-release
 	$(PY) -m perf.fleet --size $(SIZE) --results $(PERF_RESULTS)
+
+# Fleet capacity side by side in one run: our stack vs openpi-server under a GPU cost curve (SIMULATED, default
+# perf/cost_curves/pi05_published.json; CURVE=<name or .json>) and on the real tiny model; non-zero exit when a
+# goal is missed. Results (JSON + markdown) in perf/results/capacity-<date>/. See docs/performance.md.
+CURVE ?= pi05_published
+perf-capacity: venv default-model flash-transport-release
+	$(PY) -m perf.capacity --cost-curve $(CURVE)
 
 # Soak test: a fresh stack (Triton + bridge + QUIC sidecar) and 16 robots (4 on QUIC) at 0.9 Hz each for 5 min,
 # every answer checked against the robot's reference; fails on a lost/wrong answer, >10 % RSS growth or p99 drift.

@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.cost_curve:
         from openpi_triton import cost_curve
-        from openpi_triton.runtimes.simulated import load_simulated_policy
+        from openpi_triton.simulated_policy import load_simulated_policy
 
         policy: Any = load_simulated_policy(args.config, args.checkpoint, options, cost_curve.load(args.cost_curve))
     else:

@@ -10,6 +10,7 @@ import re
 import shutil
 from collections.abc import Mapping, Sequence
 
+from openpi_triton.scheduler import Scheduler
 from openpi_triton.triton.launcher import ServerOptions, free_ports
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -30,6 +31,8 @@ class RepositoryVariant:
     instances: int = 1
     gpu: bool = False
     parameters: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # The action model's dynamic batcher (None: as in model_repository/): see openpi_triton.scheduler.
+    scheduler: Scheduler | None = None
 
     @property
     def label(self) -> str:
@@ -64,12 +67,22 @@ def rewrite_config(text: str, model: str, variant: RepositoryVariant) -> str:
         )
         if not variant.batching:
             text = set_parameter(text, "batch_buckets", "1")
+
         for key, value in variant.parameters.items():
             try:
                 text = set_parameter(text, key, value)
             except KeyError:  # e.g. num_steps exists for action only
                 continue
     return text
+
+
+def _set_scheduler(text: str, model: str, variant: RepositoryVariant) -> str:
+    """The scheduler on the models robots' requests queue at: ``action`` and the BLS in front of it (whose
+    instances each hold one batch until its action call returns, so its queue gathers a batch too)."""
+    if variant.scheduler is None or model not in ("action", "combined_ensemble"):
+        return text
+    block = variant.scheduler.dynamic_batching()
+    return _set_field(text, r"dynamic_batching\s*\{.*?\}(\s*\n|$)", block + "\n", "dynamic_batching")
 
 
 def build_repository(target: pathlib.Path, variant: RepositoryVariant, models: Sequence[str]) -> pathlib.Path:
@@ -79,7 +92,7 @@ def build_repository(target: pathlib.Path, variant: RepositoryVariant, models: S
         dest = target / model
         shutil.copytree(MODEL_REPOSITORY / model, dest, ignore=shutil.ignore_patterns("__pycache__"))
         config = dest / "config.pbtxt"
-        config.write_text(rewrite_config(config.read_text(), model, variant))
+        config.write_text(_set_scheduler(rewrite_config(config.read_text(), model, variant), model, variant))
     return target
 
 

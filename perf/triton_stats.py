@@ -47,14 +47,14 @@ def read(url: str, model: str) -> ModelStats:
         stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
     finally:
         client.close()
-    by_batch = {
-        int(s["batch_size"]): int(s.get("compute_infer", {}).get("count", 0)) for s in stats.get("batch_stats", [])
-    }
+    batches = stats.get("batch_stats", [])
+    by_batch = {int(s["batch_size"]): int(s.get("compute_infer", {}).get("count", 0)) for s in batches}
     inference = stats.get("inference_stats", {})
     return ModelStats(
         by_batch,
         int(stats.get("inference_count", 0)),
         int(stats.get("execution_count", 0)),
         int(inference.get("queue", {}).get("ns", 0)),
-        int(inference.get("compute_infer", {}).get("ns", 0)),
+        # Per execution: the per-request statistics count a batch's duration once for each of its requests.
+        sum(int(s.get("compute_infer", {}).get("ns", 0)) for s in batches),
     )

@@ -1,0 +1,210 @@
+"""The simulated runtime (a GPU cost curve instead of the model) behind real Triton and behind openpi's own
+server, the cost curve itself, and the capacity report's goals."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from openpi_triton import cost_curve
+from openpi_triton.domain.configs import get_policy_config
+from openpi_triton.native.policy import PolicyOptions
+from openpi_triton.native.tiny import EmbeddedDefault
+from openpi_triton.simulated_policy import SimulatedPolicy, load_simulated_policy
+from openpi_triton.triton.launcher import TritonServer, free_ports
+from openpi_triton.triton.model_params import ActionParams, ParameterError
+from perf import capacity, triton_stats
+from perf.input_data import observations
+from perf.repository import RepositoryVariant, benchmark_server_options, build_repository
+from perf.robots import Endpoint, GrpcPolicy
+
+# Fast enough for a test, with the shape of a GPU's curve: batch 4 costs 1.6x batch 1.
+TEST_CURVE = {"name": "test_gpu", "description": "test", "source": "tests", "ms_per_call": {"1": 50, "2": 60, "4": 80}}
+
+
+@pytest.fixture(scope="module")
+def curve_file(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("curve") / "test_gpu.json"
+    path.write_text(json.dumps(TEST_CURVE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_policy(embedded_default: EmbeddedDefault, curve_file: pathlib.Path) -> SimulatedPolicy:
+    options = PolicyOptions(batch_buckets=(1, 2, 4), tokenizer_path=str(embedded_default.tokenizer_path))
+    curve = cost_curve.load(str(curve_file))
+    return load_simulated_policy(embedded_default.config_name, embedded_default.checkpoint_dir, options, curve)
+
+
+@pytest.fixture(scope="module")
+def simulated_triton(
+    embedded_default: EmbeddedDefault, curve_file: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonServer]:
+    work = tmp_path_factory.mktemp("simulated-triton")
+    parameters = {
+        "runtime": "simulated",
+        "cost_curve": str(curve_file),
+        "checkpoint_dir": str(embedded_default.checkpoint_dir),
+        "tokenizer_path": str(embedded_default.tokenizer_path),
+        "batch_buckets": "1,2,4",
+    }
+    repo = build_repository(work / "repo", RepositoryVariant(parameters=parameters), ["action"])
+    server = TritonServer(benchmark_server_options(repo), log_stream=open(work / "triton.log", "w"))
+    server.start()
+    try:
+        server.wait_ready(["action"], timeout=300)
+        yield server
+    finally:
+        server.stop()
+
+
+def test_the_curve_interpolates_and_extends_the_last_slope() -> None:
+    curve = cost_curve.from_dict(TEST_CURVE, "test")
+    assert [curve.ms(b) for b in (1, 2, 3, 4, 6, 8)] == [50, 60, 70, 80, 100, 120]
+    assert curve.throughput_hz(4) == pytest.approx(50.0)
+    published = cost_curve.load()
+    assert [published.ms(b) for b in (1, 2, 3, 4, 8)] == [73, 90, 107, 119, 167]
+    assert published.name == cost_curve.DEFAULT_CURVE
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"ms_per_call": {}}, "at least one point"),
+        ({"ms_per_call": {"1": 50, "2": 40}}, "not fall with the batch"),
+        ({"ms_per_call": {"one": 50}}, "'one'"),
+        ({"ms_per_call": [50, 60]}, "'ms_per_call' must be an object"),
+        ({"ms_per_call": {"0": 50}}, ">= 1"),
+    ],
+)
+def test_bad_curves_name_the_field(data: dict, needle: str) -> None:
+    with pytest.raises(cost_curve.CostCurveError, match=needle):
+        cost_curve.from_dict(data, "curve.json")
+
+
+def test_the_runtime_parameter_checks_the_curve_at_load(curve_file: pathlib.Path) -> None:
+    params = ActionParams.parse({"model_config_name": "pi05_aloha", "runtime": "simulated", "cost_curve": ""})
+    assert params.runtime == "simulated"
+    with pytest.raises(ParameterError, match=r"parameter 'cost_curve'.*no_such_curve"):
+        ActionParams.parse({"model_config_name": "pi05_aloha", "runtime": "simulated", "cost_curve": "no_such_curve"})
+    with pytest.raises(ParameterError, match="only used by runtime 'simulated'"):
+        ActionParams.parse({"model_config_name": "pi05_aloha", "cost_curve": str(curve_file)})
+
+
+def test_simulated_calls_wait_the_curve_and_answer_each_robot(local_policy: SimulatedPolicy) -> None:
+    robots = observations(get_policy_config("pi05_aloha").embodiment, 3, seed=7)
+    started = time.perf_counter()
+    answers = [local_policy.infer(obs)["actions"] for obs in robots]
+    assert time.perf_counter() - started >= 3 * 0.050
+    assert all(a.shape == (50, 14) and np.all(np.isfinite(a)) for a in answers)
+    assert not np.allclose(answers[0], answers[1]) and not np.allclose(answers[1], answers[2])
+    np.testing.assert_array_equal(local_policy.infer(robots[0])["actions"], answers[0])
+    prepared = [local_policy.prepare(obs) for obs in robots]
+    local_policy.sample(prepared)
+    assert local_policy.last_call.buckets == (4,) and local_policy.last_call.waited_ms == 80
+
+
+def test_triton_batches_simulated_robots_and_keeps_the_real_transforms(
+    simulated_triton: TritonServer, local_policy: SimulatedPolicy
+) -> None:
+    robots = observations(get_policy_config("pi05_aloha").embodiment, 4, seed=11)
+    host, _, port = simulated_triton.grpc_url.rpartition(":")
+    before = triton_stats.read(simulated_triton.grpc_url, "action")
+    clients = [GrpcPolicy(Endpoint(host, int(port))) for _ in robots]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(robots)) as pool:
+            answers = list(pool.map(lambda pair: pair[0].infer(pair[1])["actions"], zip(clients, robots, strict=True)))
+    finally:
+        for client in clients:
+            client.close()
+    window = triton_stats.read(simulated_triton.grpc_url, "action").minus(before)
+    assert window.inference_count == 4
+    assert max(window.executions_by_batch) > 1, window  # robots that arrived while one call waited shared one
+    for obs, answer in zip(robots, answers, strict=True):
+        np.testing.assert_allclose(answer, local_policy.infer(obs)["actions"], rtol=1e-6, atol=1e-6)
+
+
+def test_openpi_server_serves_the_same_simulated_policy(
+    embedded_default: EmbeddedDefault, curve_file: pathlib.Path, local_policy: SimulatedPolicy, tmp_path: pathlib.Path
+) -> None:
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    (port,) = free_ports(1)
+    args = [
+        sys.executable, "-m", "perf.baseline_server", "--port", str(port), "--config", embedded_default.config_name,
+        "--checkpoint", str(embedded_default.checkpoint_dir), "--tokenizer", str(embedded_default.tokenizer_path),
+        "--cost-curve", str(curve_file),
+    ]  # fmt: skip
+    with open(tmp_path / "baseline.log", "wb") as log:
+        server = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=pathlib.Path(__file__).parents[1])
+    try:
+        _wait_until_listening(server, port, tmp_path / "baseline.log")
+        robot = WebsocketClientPolicy(host="127.0.0.1", port=port)
+        obs = observations(get_policy_config("pi05_aloha").embodiment, 1, seed=3)[0]
+        started = time.perf_counter()
+        answer = robot.infer(obs)
+        assert time.perf_counter() - started >= 0.050
+        np.testing.assert_allclose(answer["actions"], local_policy.infer(obs)["actions"], rtol=1e-6, atol=1e-6)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_until_listening(server: subprocess.Popen[bytes], port: int, log: pathlib.Path) -> None:
+    """openpi's server opens its port once the policy is loaded."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"openpi-server not listening (exit {server.poll()}):\n{log.read_text()[-2000:]}")
+
+
+def _row(transport: str, robots: int, hz: float, p50: float, p99: float, missed: float = 0.0, **extra: object) -> dict:
+    return {
+        "transport": transport, "robots": robots, "aggregate_hz": hz, "p50_ms": p50, "p99_ms": p99,
+        "missed_fraction": missed, "errors": 0, **extra,
+    }  # fmt: skip
+
+
+def test_capacity_goals_and_report_come_from_the_rows() -> None:
+    batches = {"triton": {"executions_by_batch": {"1": 3, "8": 40}}}
+    sim = [
+        _row("websocket", 1, 10.0, 80.0, 90.0), _row("quic", 1, 10.0, 85.0, 95.0), _row("openpi-server", 1, 10, 76, 80),
+        _row("websocket", 8, 45.0, 170.0, 200.0, 1.0, **batches), _row("quic", 8, 40.0, 180.0, 150.0, 0.005),
+        _row("openpi-server", 8, 13.0, 600.0, 700.0, 1.0),
+    ]  # fmt: skip
+    tiny = [_row("websocket", 1, 10.0, 25.8, 30.0), _row("openpi-server", 1, 10.0, 25.0, 28.0)]
+    goals = {g.name: g for g in capacity.simulated_goals(sim, "c") + capacity.tiny_goals(tiny)}
+    assert goals["simulated (c), 8 robots, websocket: aggregate >= 3x openpi-server"].met
+    assert not goals["simulated (c), 8 robots, websocket: missed <= 1 %"].met
+    assert goals["simulated (c), 8 robots, quic: missed <= 1 %"].met
+    assert goals["simulated (c), 8 robots, quic: p99 <= 2x 1-robot p50"].met
+    assert not goals["simulated (c), 16 robots, quic: aggregate >= 3x openpi-server"].met  # not measured: missed
+    assert goals["simulated, 8 robots: batches above 1 in Triton's statistics"].met
+    assert goals["tiny model, 1 robot, websocket: p50 <= openpi-server + 1 ms"].met
+    report = {
+        "command": "test", "date": "today", "machine": "m", "rate_hz": 10.0, "duration_s": 15.0,
+        "cost_curve": cost_curve.load().as_dict(), "curve_ceiling": capacity.curve_ceiling(cost_curve.load()),
+        "simulated": {"model": "SIMULATED x", "scheduler": "delay 10 ms", "rows": sim},
+        "tiny": {"model": "tiny", "rows": tiny, "overhead_p50_ms": capacity.overhead_ms(tiny)},
+        "goals": [{"name": g.name, "measured": g.measured, "met": g.met} for g in goals.values()],
+    }  # fmt: skip
+    report["final_line"] = capacity.final_line(report)
+    assert report["final_line"] == (
+        "capacity: 3.08x openpi-server at 8 robots (cost curve pi05_published), overhead p50 +0.8 ms"
+    )
+    text = capacity.render_markdown(report)
+    assert "SIMULATED" in text and "| 8 | websocket | 45.0 | 3.46 |" in text and "1: 3, 8: 40" in text
+    assert text.rstrip().endswith(f"`{report['final_line']}`")
