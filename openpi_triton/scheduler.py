@@ -52,7 +52,6 @@ class Scheduler:
         if self.preferred_batch_sizes:
             lines.append(f"  preferred_batch_size: [ {', '.join(map(str, self.preferred_batch_sizes))} ]")
         if self.stale_after_us:
-            lines.append(
-                f"  default_queue_policy {{ timeout_action: REJECT default_timeout_microseconds: {self.stale_after_us} }}"
-            )
+            policy = f"timeout_action: REJECT default_timeout_microseconds: {self.stale_after_us}"
+            lines.append(f"  default_queue_policy {{ {policy} }}")
         return "\n".join(lines) + "\n}"

@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # `python perf/capacity.py`: make the repository 
 
 from openpi_triton import cost_curve
 from openpi_triton.scheduler import Scheduler
-from perf.fleet import BASELINE, FleetOptions, machine, run_fleet
+from perf.fleet import BASELINE, FleetOptions, Goal, machine, run_fleet
 from perf.repository import RepositoryVariant
 from perf.served_model import prepare
 
@@ -58,13 +58,6 @@ class CapacityOptions:
     tiny_robots: tuple[int, ...] = (1, 8)
     tiny_num_steps: int = 10
     scheduler: Scheduler = FLEET_SCHEDULER
-
-
-@dataclasses.dataclass(frozen=True)
-class Goal:
-    name: str
-    measured: str
-    met: bool
 
 
 def _at(rows: Sequence[Mapping[str, Any]], transport: str, robots: int) -> Mapping[str, Any] | None:

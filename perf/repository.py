@@ -4,14 +4,15 @@ device and checkpoint parameters rewritten, so every sweep configuration is a re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from openpi_triton.scheduler import Scheduler
-from openpi_triton.triton.launcher import ServerOptions, free_ports
+from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
@@ -110,3 +111,18 @@ def benchmark_server_options(repository: pathlib.Path) -> ServerOptions:
     and answers by reloading (and re-warming) every model in the middle of the measurements."""
     http, grpc, metrics = free_ports(3)
     return ServerOptions(repository, http, grpc, metrics, model_control_mode="none")
+
+
+@contextlib.contextmanager
+def serving(
+    repository: pathlib.Path, models: Sequence[str], log: pathlib.Path, timeout: float = 300
+) -> Iterator[TritonServer]:
+    """A benchmark Triton on ``repository`` until ``models`` are ready; stopped (and its log closed) after."""
+    with open(log, "w") as log_stream:
+        server = TritonServer(benchmark_server_options(repository), log_stream=log_stream)
+        server.start()
+        try:
+            server.wait_ready(list(models), timeout=timeout)
+            yield server
+        finally:
+            server.stop()

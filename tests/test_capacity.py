@@ -24,7 +24,7 @@ from openpi_triton.triton.launcher import TritonServer, free_ports
 from openpi_triton.triton.model_params import ActionParams, ParameterError
 from perf import capacity, triton_stats
 from perf.input_data import observations
-from perf.repository import RepositoryVariant, benchmark_server_options, build_repository
+from perf.repository import RepositoryVariant, build_repository, serving
 from perf.robots import Endpoint, GrpcPolicy
 
 # Fast enough for a test, with the shape of a GPU's curve: batch 4 costs 1.6x batch 1.
@@ -58,13 +58,8 @@ def simulated_triton(
         "batch_buckets": "1,2,4",
     }
     repo = build_repository(work / "repo", RepositoryVariant(parameters=parameters), ["action"])
-    server = TritonServer(benchmark_server_options(repo), log_stream=open(work / "triton.log", "w"))
-    server.start()
-    try:
-        server.wait_ready(["action"], timeout=300)
+    with serving(repo, ["action"], work / "triton.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_the_curve_interpolates_and_extends_the_last_slope() -> None:

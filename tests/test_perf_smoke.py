@@ -21,7 +21,7 @@ from openpi_triton.triton.launcher import TritonServer
 from perf import perf_analyzer
 from perf.fleet import FleetOptions, run_fleet
 from perf.input_data import InputDataOptions, input_data, observations, write_input_data
-from perf.repository import RepositoryVariant, benchmark_server_options, build_repository, rewrite_config
+from perf.repository import RepositoryVariant, build_repository, rewrite_config, serving
 from perf.served_model import ServedModel
 from perf.sweep import SweepOptions, pa_args, summarize
 
@@ -41,13 +41,8 @@ def perf_triton(tiny_model: ServedModel, tmp_path_factory: pytest.TempPathFactor
     work = tmp_path_factory.mktemp("perf-triton")
     variant = RepositoryVariant(parameters={**tiny_model.parameters(), "batch_buckets": "1,2"})
     repo = build_repository(work / "repo", variant, ["action"])
-    server = TritonServer(benchmark_server_options(repo), log_stream=open(work / "triton.log", "w"))
-    server.start()
-    try:
-        server.wait_ready(["action"], timeout=300)
+    with serving(repo, ["action"], work / "triton.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("config_name", ["pi05_aloha", "pi05_droid", "pi05_libero"])

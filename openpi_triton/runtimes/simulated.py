@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from openpi_triton import cost_curve
-from openpi_triton.domain.configs import PolicyConfig
 from openpi_triton.runtime_api import Placement, PolicyRuntime, RuntimeSpec
+from openpi_triton.runtimes.native import RUNTIME as NATIVE
 from openpi_triton.triton.model_params import ActionParams, ParameterError
 
 
@@ -18,11 +18,6 @@ def _check_parameters(params: Mapping[str, str]) -> None:
         cost_curve.load(name)
     except cost_curve.CostCurveError as exc:
         raise ParameterError(f"parameter 'cost_curve': {exc}") from None
-
-
-def _serving_config(params: ActionParams) -> PolicyConfig:
-    assert params.config is not None  # needs_known_config: ActionParams.parse looked it up
-    return params.config
 
 
 def _load(params: ActionParams, placement: Placement) -> PolicyRuntime:
@@ -35,7 +30,7 @@ def _load(params: ActionParams, placement: Placement) -> PolicyRuntime:
         batch_buckets=params.batch_buckets, default_prompt=params.default_prompt, tokenizer_path=tokenizer_path
     )
     curve = cost_curve.load(params.cost_curve or cost_curve.DEFAULT_CURVE)
-    return load_simulated_policy(_serving_config(params).name, checkpoint_dir, options, curve)
+    return load_simulated_policy(NATIVE.serving_config(params).name, checkpoint_dir, options, curve)
 
 
 RUNTIME = RuntimeSpec(
@@ -44,6 +39,6 @@ RUNTIME = RuntimeSpec(
     default_dtype="float32",
     needs_known_config=True,
     check_parameters=_check_parameters,
-    serving_config=_serving_config,
+    serving_config=NATIVE.serving_config,  # the same table of configs
     load=_load,
 )
