@@ -30,9 +30,15 @@ def infer_batch(
     start = time.perf_counter()
     raw = policy.sample(prepared)
     infer_ms = (time.perf_counter() - start) * 1000.0
-    return [
-        {"actions": policy.finish(p, raw[i]), "policy_timing": {"infer_ms": infer_ms}} for i, p in enumerate(prepared)
-    ]
+    results = []
+    for i, p in enumerate(prepared):
+        actions = policy.finish(p, raw[i])
+        result: dict[str, Any] = {"actions": actions, "policy_timing": {"infer_ms": infer_ms}}
+        echo = policy.rtc_echo(p, actions)
+        if echo is not None:
+            result["rtc"] = echo
+        results.append(result)
+    return results
 
 
 def check_noise(noise: Any, expected: tuple[int, int]) -> np.ndarray | None:

@@ -140,3 +140,14 @@ def test_an_error_in_openpis_input_transforms_names_the_transform_failure() -> N
     policy = OpenpiPolicy(dataclasses.replace(openpi.policy().parts, input_transform=failing), CONFIG, OpenpiOptions())
     with pytest.raises(ValueError, match="rejected by openpi's input transforms: KeyError"):
         policy.prepare(observation(0))
+
+
+def test_rtc_requests_are_refused_with_the_reason_flow_models_and_pi0_fast_alike() -> None:
+    obs = {**observation(0), "rtc": {"prev_actions": np.zeros((10, ROBOT_DIM)), "inference_delay": 2}}
+    with pytest.raises(ValueError, match=r"'rtc': Real-Time Chunking is served by the native runtime"):
+        StandInOpenpi().policy().prepare(obs)
+    with pytest.raises(ValueError, match=r"'rtc': pi05_aloha is pi0-FAST, not a flow-matching model"):
+        StandInOpenpi(takes_noise=False).policy().prepare(obs)
+    plain = StandInOpenpi().policy()
+    prepared = plain.prepare(observation(0))
+    assert plain.rtc_echo(prepared, np.zeros((HORIZON, ROBOT_DIM))) is None

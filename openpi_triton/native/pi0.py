@@ -113,6 +113,39 @@ def prefix_pass(
     return tokens, input_mask, out, kv_cache
 
 
+def suffix_velocity(
+    params: Params,
+    spec: ModelSpec,
+    inputs: ModelInputs,
+    prefix_mask: jax.Array,
+    kv_cache: gemma.KVCache,
+    x_t: jax.Array,
+    time: jax.Array,
+    dtype: jnp.dtype,
+) -> jax.Array:
+    """The action expert's velocity v(x_t, t) [B, H, action_dim] over the suffix, given the prefix's KV cache."""
+    batch, horizon = x_t.shape[:2]
+    llm = params["PaliGemma"]["llm"]
+    suffix, suffix_mask, suffix_ar, adarms_cond = embed_suffix(
+        params, spec, inputs.state, x_t, jnp.broadcast_to(time, (batch,)), dtype
+    )
+    suffix_attn = gemma.make_attn_mask(suffix_mask, suffix_ar)
+    prefix_attn = jnp.broadcast_to(prefix_mask[:, None, :], (batch, suffix.shape[1], prefix_mask.shape[1]))
+    full_attn = jnp.concatenate([prefix_attn, suffix_attn], axis=-1)
+    positions = jnp.sum(prefix_mask, axis=-1)[:, None] + jnp.cumsum(suffix_mask, axis=-1) - 1
+    (_, suffix_out), _ = gemma.transformer(
+        llm,
+        spec.llm,
+        [None, suffix],
+        positions,
+        full_attn,
+        adarms_cond=[None, adarms_cond],
+        kv_cache=kv_cache,
+        dtype=dtype,
+    )
+    return _linear(suffix_out[:, -horizon:], params["action_out_proj"])
+
+
 def sample_actions(
     params: Params,
     spec: ModelSpec,
@@ -124,31 +157,11 @@ def sample_actions(
 ) -> jax.Array:
     """Flow matching from ``noise`` [B, H, action_dim] at t=1 to actions at t=0 in ``num_steps`` Euler steps."""
     dt = -1.0 / num_steps
-    batch = inputs.state.shape[0]
     _, prefix_mask, _, kv_cache = prefix_pass(params, spec, inputs, dtype)
-    llm = params["PaliGemma"]["llm"]
-    horizon = noise.shape[1]
 
     def step(carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         x_t, time = carry
-        suffix, suffix_mask, suffix_ar, adarms_cond = embed_suffix(
-            params, spec, inputs.state, x_t, jnp.broadcast_to(time, (batch,)), dtype
-        )
-        suffix_attn = gemma.make_attn_mask(suffix_mask, suffix_ar)
-        prefix_attn = jnp.broadcast_to(prefix_mask[:, None, :], (batch, suffix.shape[1], prefix_mask.shape[1]))
-        full_attn = jnp.concatenate([prefix_attn, suffix_attn], axis=-1)
-        positions = jnp.sum(prefix_mask, axis=-1)[:, None] + jnp.cumsum(suffix_mask, axis=-1) - 1
-        (_, suffix_out), _ = gemma.transformer(
-            llm,
-            spec.llm,
-            [None, suffix],
-            positions,
-            full_attn,
-            adarms_cond=[None, adarms_cond],
-            kv_cache=kv_cache,
-            dtype=dtype,
-        )
-        v_t = _linear(suffix_out[:, -horizon:], params["action_out_proj"])
+        v_t = suffix_velocity(params, spec, inputs, prefix_mask, kv_cache, x_t, time, dtype)
         return (x_t + dt * v_t).astype(jnp.float32), time + dt
 
     def cond(carry: tuple[jax.Array, jax.Array]) -> jax.Array:

@@ -20,10 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from openpi_triton import staged_policy
-from openpi_triton.domain import batching, normalize
+from openpi_triton.domain import batching, normalize, output_transforms, rtc
 from openpi_triton.domain.configs import PolicyConfig, get_policy_config
 from openpi_triton.domain.embodiments.base import MODEL_IMAGE_SIZE, RobotFrame
 from openpi_triton.native import checkpoint, pi0, tokenizer
+from openpi_triton.native import rtc as guided
 from openpi_triton.native.image import resize_with_pad
 from openpi_triton.native.variants import ModelSpec, infer_spec
 
@@ -62,6 +63,15 @@ class PreparedObservation:
     tokens: np.ndarray
     token_mask: np.ndarray
     noise: np.ndarray | None
+    rtc: PreparedRtc | None = None
+
+
+@dataclasses.dataclass
+class PreparedRtc:
+    """A row's RTC request with its previous chunk mapped into model space (re-anchored on this row's state)."""
+
+    request: rtc.RtcRequest
+    target: np.ndarray  # float32 [H, action_dim]: normalised, delta, zero rows from K on and on the padded dims
 
 
 def checked_norm_stats(config: PolicyConfig, norm_stats: Mapping[str, checkpoint.NormStats]) -> dict[str, Any]:
@@ -117,7 +127,17 @@ class NativePolicy:
         self._sample = jax.jit(
             functools.partial(self._sample_impl, spec=self.spec, num_steps=options.num_steps, dtype=self.dtype)
         )
+        # RTC: one program per bucket beside the plain one; every per-request value (d, ℓ, β, schedule, mode) is
+        # traced, so no request compiles. ``identity`` rows share the program and pay its backward pass too.
+        self._sample_guided = jax.jit(
+            functools.partial(self._guided_impl, spec=self.spec, num_steps=options.num_steps, dtype=self.dtype)
+        )
+        self.output_chain = output_transforms.output_chain(config, self.norm_stats)
+        self.rtc_refusal = output_transforms.check_invertible(self.output_chain)
+        self.guided_dims = np.zeros(config.action_dim, np.float32)
+        self.guided_dims[: config.embodiment.action_dim] = 1.0
         self.compiled_buckets: set[int] = set()
+        self.compiled_programs: set[tuple[str, int]] = set()
 
     # ----- metadata ---------------------------------------------------------------------------------------------
 
@@ -175,7 +195,32 @@ class NativePolicy:
             tokens=tokens,
             token_mask=token_mask,
             noise=self.check_noise(noise),
+            rtc=self._prepare_rtc(obs.get(rtc.RTC_KEY), model_state),
         )
+
+    def _prepare_rtc(self, value: Any, model_state: np.ndarray) -> PreparedRtc | None:
+        request = rtc.parse_rtc(
+            value, horizon=self.config.action_horizon, robot_action_dim=self.config.embodiment.action_dim
+        )
+        if request is None:
+            return None
+        if self.rtc_refusal is not None:
+            raise rtc.RtcUnsupportedError(f"'{rtc.RTC_KEY}': {self.rtc_refusal}, so RTC is refused for this policy")
+        state = normalize.unnormalize(
+            model_state, self.norm_stats["state"], use_quantiles=self.config.use_quantile_norm
+        )
+        model_space = output_transforms.invert_outputs(
+            self.output_chain, request.prev_actions, state, self.config.action_dim
+        )
+        target = np.zeros((self.config.action_horizon, self.config.action_dim), np.float32)
+        with np.errstate(over="ignore"):
+            target[: model_space.shape[0]] = model_space
+        if not np.all(np.isfinite(target)):
+            raise ValueError(
+                f"'{rtc.RTC_KEY}/{rtc.PREV_ACTIONS}': values too large for this checkpoint's normalisation "
+                "(they overflow float32 once normalised)"
+            )
+        return PreparedRtc(request, target)
 
     def check_noise(self, noise: Any) -> np.ndarray | None:
         return staged_policy.check_noise(noise, (self.config.action_horizon, self.config.action_dim))
@@ -202,7 +247,11 @@ class NativePolicy:
         for start, stop, bucket in batching.split_into_buckets(len(prepared), self.options.batch_buckets):
             chunk = {k: batching.pad_rows(v[start:stop], bucket) for k, v in stacked.items()}
             chunk_noise = batching.pad_rows(noise[start:stop], bucket)
-            result = self._run_bucket(chunk, chunk_noise)
+            rows = prepared[start:stop]
+            if any(p.rtc is not None and p.rtc.request.applied for p in rows):
+                result = self._run_guided_bucket(chunk, chunk_noise, rows, bucket)
+            else:
+                result = self._run_bucket(chunk, chunk_noise)
             outputs.append(result[: stop - start])
         return np.concatenate(outputs, axis=0)
 
@@ -213,6 +262,36 @@ class NativePolicy:
         placed = jax.device_put((chunk, noise), self.device)
         result = np.asarray(self._sample(self.params, placed[0], placed[1]))
         self.compiled_buckets.add(bucket)
+        self.compiled_programs.add(("plain", bucket))
+        return result
+
+    def _run_guided_bucket(
+        self, chunk: dict[str, np.ndarray], noise: np.ndarray, rows: Sequence[PreparedObservation], bucket: int
+    ) -> np.ndarray:
+        """Rows without RTC ride along with zero weights (exactly their plain trajectory, up to rounding)."""
+        horizon, width = self.config.action_horizon, self.config.action_dim
+        requests = [p.rtc.request if p.rtc is not None and p.rtc.request.applied else None for p in rows]
+        zeros = np.zeros((horizon, width), np.float32)
+        columns = {
+            "target": np.stack(
+                [
+                    p.rtc.target if r is not None and p.rtc is not None else zeros
+                    for p, r in zip(rows, requests, strict=True)
+                ]
+            ),
+            "delay": np.asarray([r.inference_delay if r else 0 for r in requests], np.int32),
+            "horizon": np.asarray([r.guided_horizon if r else 0 for r in requests], np.int32),
+            "schedule": np.asarray([r.schedule_index if r else 0 for r in requests], np.int32),
+            "max_weight": np.asarray([r.max_guidance_weight if r else 0.0 for r in requests], np.float32),
+            "identity": np.asarray([r is not None and r.mode == "identity" for r in requests], bool),
+        }
+        padded = {k: batching.pad_rows(v, bucket) for k, v in columns.items()}
+        guidance = guided.Guidance(**padded, dims=self.guided_dims)
+        if ("rtc", bucket) not in self.compiled_programs:
+            logger.info("compiling %s with RTC for batch %d (not warmed up)", self.config.name, bucket)
+        placed = jax.device_put((chunk, noise, guidance), self.device)
+        result = np.asarray(self._sample_guided(self.params, *placed))
+        self.compiled_programs.add(("rtc", bucket))
         return result
 
     @staticmethod
@@ -228,17 +307,36 @@ class NativePolicy:
         )
         return pi0.sample_actions(params, spec, inputs, noise, num_steps=num_steps, dtype=dtype)
 
+    @staticmethod
+    def _guided_impl(
+        params: Any,
+        chunk: dict[str, jax.Array],
+        noise: jax.Array,
+        guidance: guided.Guidance,
+        *,
+        spec: ModelSpec,
+        num_steps: int,
+        dtype: Any,
+    ) -> jax.Array:
+        inputs = pi0.ModelInputs(
+            images=pi0.uint8_images_to_float(chunk["images"]),
+            image_masks=chunk["image_masks"],
+            state=chunk["state"],
+            tokens=chunk["tokens"],
+            token_mask=chunk["token_mask"],
+        )
+        return guided.guided_sample_actions(params, spec, inputs, noise, guidance, num_steps=num_steps, dtype=dtype)
+
     def finish(self, prepared: PreparedObservation, raw_actions: np.ndarray) -> np.ndarray:
         """openpi's output transforms for one row: un-normalise, absolute joints, robot action format."""
-        quantiles = self.config.use_quantile_norm
-        state = normalize.unnormalize(prepared.state, self.norm_stats["state"], use_quantiles=quantiles)
-        actions = normalize.unnormalize(raw_actions, self.norm_stats["actions"], use_quantiles=quantiles)
-        mask = self.config.delta_action_mask
-        if mask is not None:
-            dims = len(mask)
-            actions = np.array(actions, copy=True)
-            actions[..., :dims] += np.expand_dims(np.where(np.asarray(mask), state[..., :dims], 0), axis=-2)
-        return self.config.embodiment.outputs(actions)
+        state = normalize.unnormalize(
+            prepared.state, self.norm_stats["state"], use_quantiles=self.config.use_quantile_norm
+        )
+        return output_transforms.apply_outputs(self.output_chain, raw_actions, state)
+
+    def rtc_echo(self, prepared: PreparedObservation, robot_actions: np.ndarray) -> dict[str, Any] | None:
+        """The response's ``rtc`` report for a row that sent ``rtc`` (``None`` for one that did not)."""
+        return None if prepared.rtc is None else prepared.rtc.request.echo(robot_actions)
 
     # ----- whole calls ------------------------------------------------------------------------------------------
 
@@ -261,7 +359,18 @@ class NativePolicy:
         self._noise_fn(
             jax.device_put(jax.random.key(1), self.device)
         )  # compiles noise drawing without advancing the policy's keys
-        return staged_policy.warm_buckets(self, example, self.options.batch_buckets, self.config.name)
+        seconds = staged_policy.warm_buckets(self, example, self.options.batch_buckets, self.config.name)
+        if self.rtc_refusal is None:
+            horizon = self.config.action_horizon
+            request = rtc.RtcRequest(np.zeros((horizon, 1)), 1, horizon, 1.0, rtc.DEFAULT_SCHEDULE, rtc.DEFAULT_MODE)
+            target = np.zeros((horizon, self.config.action_dim), np.float32)
+            guided_example = dataclasses.replace(example, rtc=PreparedRtc(request, target))
+            label = f"{self.config.name} with RTC"
+            for bucket, s in staged_policy.warm_buckets(
+                self, guided_example, self.options.batch_buckets, label
+            ).items():
+                seconds[bucket] += s
+        return seconds
 
 
 def load_policy(

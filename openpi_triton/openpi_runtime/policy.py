@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from openpi_triton import staged_policy
-from openpi_triton.domain import batching
+from openpi_triton.domain import batching, rtc
 from openpi_triton.domain.configs import PolicyConfig
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ class OpenpiPolicy:
 
     def prepare(self, obs: Mapping[str, Any], noise: Any = None) -> OpenpiPrepared:
         """Checks the robot format (errors name the field), then runs openpi's input transforms."""
+        if obs.get(rtc.RTC_KEY) is not None:
+            raise rtc.RtcUnsupportedError(self._rtc_refusal())
         self.config.embodiment.inputs(obs)
         checked_noise = self.check_noise(noise)
         # Transforms may modify their input in place: give them a copy of the containers.
@@ -104,6 +106,14 @@ class OpenpiPolicy:
             raise ValueError(f"observation rejected by openpi's input transforms: {type(exc).__name__}: {exc}") from exc
         self._check_layout(inputs)
         return OpenpiPrepared(inputs=inputs, noise=checked_noise)
+
+    def _rtc_refusal(self) -> str:
+        if not self.takes_noise:  # pi0-FAST decodes tokens: no noise, no flow
+            return f"'{rtc.RTC_KEY}': {self.model_name} is pi0-FAST, not a flow-matching model: RTC does not apply"
+        return (
+            f"'{rtc.RTC_KEY}': Real-Time Chunking is served by the native runtime; this model ({self.model_name}, "
+            "runtime 'openpi') samples without guidance, so the request is refused rather than answered unguided"
+        )
 
     def _check_layout(self, inputs: Mapping[str, Any]) -> None:
         """Rows are stacked into one batch: a row whose transformed arrays differ from the first one seen
@@ -154,6 +164,9 @@ class OpenpiPolicy:
         """openpi's output transforms for one row; returns the robot's actions as float32."""
         outputs = self.parts.output_transform(dict(raw))
         return np.asarray(outputs["actions"], dtype=np.float32)
+
+    def rtc_echo(self, prepared: OpenpiPrepared, robot_actions: np.ndarray) -> None:
+        return None  # ``prepare`` refuses every ``rtc`` request
 
     # ----- whole calls ------------------------------------------------------------------------------------------
 

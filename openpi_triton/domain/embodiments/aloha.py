@@ -35,6 +35,18 @@ def gripper_from_angular(value: np.ndarray) -> np.ndarray:
     return _normalize(value + 0.5476, min_val=-0.6213, max_val=1.4910)
 
 
+def gripper_from_angular_inverse(value: np.ndarray) -> np.ndarray:
+    """Exact inverse of :func:`gripper_from_angular` (affine), used to map a robot chunk back for RTC."""
+    return _unnormalize(value, min_val=-0.6213, max_val=1.4910) - 0.5476
+
+
+def outputs_inverse(actions: np.ndarray) -> np.ndarray:
+    """Exact inverse of :meth:`Aloha.outputs` on the 14 robot dims (the flip is its own inverse)."""
+    actions = np.array(actions, dtype=np.float64, copy=True)
+    actions[..., GRIPPER_DIMS] = gripper_from_angular_inverse(actions[..., GRIPPER_DIMS])
+    return JOINT_FLIP_MASK * actions
+
+
 class Aloha(Embodiment):
     name = "aloha"
     image_fields = (
