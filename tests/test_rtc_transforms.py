@@ -144,7 +144,7 @@ def test_defaults_and_triton_shaped_values() -> None:
             {"prev_actions": np.full((5, 14), np.nan), "inference_delay": 2},
             r"'rtc/prev_actions': values must be finite",
         ),
-        ({"prev_actions": np.array([["a"] * 14]), "inference_delay": 2}, r"got dtype <U1"),
+        ({"prev_actions": np.array([["a"] * 14]), "inference_delay": 2}, r"got a ragged or non-numeric value"),
         ({"prev_actions": np.zeros((5, 14))}, r"'rtc/inference_delay': required"),
         ({"prev_actions": np.zeros((5, 14)), "inference_delay": 2.5}, r"'rtc/inference_delay': expected an integer"),
         ({"prev_actions": np.zeros((5, 14)), "inference_delay": -1}, r"in \[0, 50\].*got -1"),

@@ -125,18 +125,16 @@ def _prev_actions(value: Any, horizon: int, width: int) -> np.ndarray:
     if value is None:
         raise ValueError(f"{_field(PREV_ACTIONS)}: required, expected {expected}")
     try:
-        array = np.asarray(value)
-    except ValueError:
-        raise ValueError(f"{_field(PREV_ACTIONS)}: expected {expected}, got a ragged sequence") from None
-    if array.dtype.kind not in "iuf":
-        raise ValueError(f"{_field(PREV_ACTIONS)}: expected {expected}, got dtype {array.dtype}")
+        array = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise ValueError(f"{_field(PREV_ACTIONS)}: expected {expected}, got a ragged or non-numeric value") from None
     if array.ndim != 2 or array.shape[1] != width or array.shape[0] > horizon:
         raise ValueError(f"{_field(PREV_ACTIONS)}: expected {expected}, got shape {list(array.shape)}")
     if not np.all(np.isfinite(array)):
         raise ValueError(
             f"{_field(PREV_ACTIONS)}: values must be finite, got {int(np.sum(~np.isfinite(array)))} NaN/inf"
         )
-    return array.astype(np.float64)
+    return array
 
 
 def parse_rtc(value: Any, *, horizon: int, robot_action_dim: int) -> RtcRequest | None:

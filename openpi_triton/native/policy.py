@@ -298,13 +298,7 @@ class NativePolicy:
     def _sample_impl(
         params: Any, chunk: dict[str, jax.Array], noise: jax.Array, *, spec: ModelSpec, num_steps: int, dtype: Any
     ) -> jax.Array:
-        inputs = pi0.ModelInputs(
-            images=pi0.uint8_images_to_float(chunk["images"]),
-            image_masks=chunk["image_masks"],
-            state=chunk["state"],
-            tokens=chunk["tokens"],
-            token_mask=chunk["token_mask"],
-        )
+        inputs = _model_inputs(chunk)
         return pi0.sample_actions(params, spec, inputs, noise, num_steps=num_steps, dtype=dtype)
 
     @staticmethod
@@ -318,13 +312,7 @@ class NativePolicy:
         num_steps: int,
         dtype: Any,
     ) -> jax.Array:
-        inputs = pi0.ModelInputs(
-            images=pi0.uint8_images_to_float(chunk["images"]),
-            image_masks=chunk["image_masks"],
-            state=chunk["state"],
-            tokens=chunk["tokens"],
-            token_mask=chunk["token_mask"],
-        )
+        inputs = _model_inputs(chunk)
         return guided.guided_sample_actions(params, spec, inputs, noise, guidance, num_steps=num_steps, dtype=dtype)
 
     def finish(self, prepared: PreparedObservation, raw_actions: np.ndarray) -> np.ndarray:
@@ -371,6 +359,16 @@ class NativePolicy:
             ).items():
                 seconds[bucket] += s
         return seconds
+
+
+def _model_inputs(chunk: dict[str, jax.Array]) -> pi0.ModelInputs:
+    return pi0.ModelInputs(
+        images=pi0.uint8_images_to_float(chunk["images"]),
+        image_masks=chunk["image_masks"],
+        state=chunk["state"],
+        tokens=chunk["tokens"],
+        token_mask=chunk["token_mask"],
+    )
 
 
 def load_policy(
