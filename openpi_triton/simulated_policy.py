@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from openpi_triton.cost_curve import CostCurve
-from openpi_triton.domain import batching
+from openpi_triton.domain import batching, output_transforms
 from openpi_triton.domain.configs import PolicyConfig, get_policy_config
 from openpi_triton.native import checkpoint, tokenizer
 from openpi_triton.native.policy import NativePolicy, PolicyOptions, PreparedObservation, checked_norm_stats
@@ -43,8 +43,10 @@ class SimulatedPolicy:
     # The real transforms, the native runtime's own code: they read only config, options, norm_stats and
     # tokenizer, which this class sets up exactly as NativePolicy does. What is simulated is the model alone.
     prepare = NativePolicy.prepare
+    _prepare_rtc = NativePolicy._prepare_rtc
     check_noise = NativePolicy.check_noise
     finish = NativePolicy.finish
+    rtc_echo = NativePolicy.rtc_echo
     metadata = NativePolicy.metadata
     action_horizon = NativePolicy.action_horizon
 
@@ -61,6 +63,9 @@ class SimulatedPolicy:
         self.curve = curve
         self.norm_stats = checked_norm_stats(config, norm_stats)
         self.tokenizer = tokenizer.PromptTokenizer(sp_tokenizer, config.max_token_len)
+        self.output_chain = output_transforms.output_chain(config, self.norm_stats)
+        # A model that only waits cannot be guided: an rtc request is refused, never answered unguided.
+        self.rtc_refusal = "the simulated runtime has no model to guide"
         self.last_call = SimulatedCall((), 0.0)
 
     def describe(self) -> str:

@@ -203,3 +203,11 @@ def test_capacity_goals_and_report_come_from_the_rows() -> None:
     text = capacity.render_markdown(report)
     assert "SIMULATED" in text and "| 8 | websocket | 45.0 | 3.46 |" in text and "1: 3, 8: 40" in text
     assert text.rstrip().endswith(f"`{report['final_line']}`")
+
+
+def test_the_simulated_runtime_refuses_rtc_requests(local_policy: SimulatedPolicy) -> None:
+    obs = local_policy.config.embodiment.example(np.random.default_rng(0))
+    obs["rtc"] = {"prev_actions": np.zeros((10, 14)), "inference_delay": 2}
+    with pytest.raises(ValueError, match=r"'rtc': the simulated runtime has no model to guide"):
+        local_policy.prepare(obs)
+    assert "rtc" not in local_policy.infer({k: v for k, v in obs.items() if k != "rtc"})
