@@ -19,7 +19,7 @@ import stat
 import struct
 import time
 
-from openpi_bridge import offload
+from openpi_bridge import offload, request_timing
 from openpi_bridge.errors import robot_message
 from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.slots import Slot
@@ -129,8 +129,13 @@ class LocalSocketEndpoint:
         start = time.perf_counter()
         self.metrics.bytes_received.labels(self.slot.name, TRANSPORT).inc(len(body) + 5)
         try:
-            _, obs = await offload.run(local_frame.unpack, body, self.frame_limits)
-            answer = local_frame.pack(await self.slot.infer(obs))
+            with request_timing.recording() as timing:
+                with timing.stage("decode_ms"):
+                    _, obs = await offload.run(local_frame.unpack, body, self.frame_limits)
+                response = await self.slot.infer(obs)
+            # The sidecar adds openpi's infer_ms and prev_total_ms to this server_timing (keeping these keys).
+            response["server_timing"] = timing.server_timing()
+            answer = local_frame.pack(response)
         except Exception as exc:
             self.metrics.request_done(self.slot.name, TRANSPORT, time.perf_counter() - start, exc)
             await self._send(writer, MessageType.ERROR, robot_message(exc, self.slot.name).encode())

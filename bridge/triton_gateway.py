@@ -13,12 +13,13 @@ import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from openpi_bridge import offload
+from openpi_bridge import offload, request_timing
 from openpi_bridge.errors import ObservationError, TritonCallError
 from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.shared_memory import Region, SharedMemoryPool
 from openpi_triton import tensor_names
 from openpi_triton.contract import images as image_ops
+from openpi_triton.contract import io_names
 from openpi_triton.contract.robot_metadata import robot_metadata
 from openpi_triton.limits import DEFAULT_INPUT_LIMITS, InputLimits
 
@@ -381,7 +382,8 @@ class TritonGateway:
         self._ensure_monitor()
         self._models.add(model)
         interface = await self.describe(model)
-        arrays = await offload.run(build_inputs, interface, obs, extra, self.input_limits)
+        with request_timing.stage("inputs_ms"):
+            arrays = await offload.run(build_inputs, interface, obs, extra, self.input_limits)
         tried: list[Endpoint] = []
         while True:
             endpoint = self._pick(exclude=tried)
@@ -398,15 +400,23 @@ class TritonGateway:
             finally:
                 endpoint.outstanding -= 1
         names = [o.name for o in result.get_response().outputs]
-        return {name: result.as_numpy(name) for name in names}
+        outputs = {name: result.as_numpy(name) for name in names}
+        timing = outputs.pop(io_names.MODEL_TIMING, None)
+        if timing is not None:
+            request_timing.current().model_timing(timing, is_local(endpoint.url))
+        return outputs
 
     async def _infer_on(self, endpoint: Endpoint, model: str, arrays: list[tuple[InputSpec, np.ndarray]]) -> Any:
+        timing = request_timing.current()
         for attempt in (1, 2):
-            inputs, region = await self._grpc_inputs(endpoint, arrays)
-            started = time.perf_counter()
+            with timing.stage("inputs_ms"):
+                inputs, region = await self._grpc_inputs(endpoint, arrays)
+            started, sent_s = time.perf_counter(), time.time()
             try:
-                result = await endpoint.client.infer(model, inputs, client_timeout=self.timeout)
+                with timing.stage("triton_ms"):
+                    result = await endpoint.client.infer(model, inputs, client_timeout=self.timeout)
                 self.metrics.triton_call(model, time.perf_counter() - started)
+                timing.call_sent_s, timing.call_received_s = sent_s, time.time()
                 return result
             except InferenceServerException as exc:
                 self._expire_all()  # this model or one behind it may have been swapped: read them again

@@ -1,7 +1,8 @@
 """openpi's WebSocket protocol, byte-compatible with ``openpi.serving.websocket_policy_server``.
 
 On connect: one binary msgpack frame with the metadata. Then lock-step: one binary msgpack-numpy frame
-in, one out, with ``server_timing`` (``infer_ms``; ``prev_total_ms`` from the second request on). An error
+in, one out, with ``server_timing`` (openpi's ``infer_ms``; ``prev_total_ms`` from the second request on; plus
+where the time went, see :mod:`openpi_bridge.request_timing`). An error
 is a text frame with the message followed by close code 1011. ``GET /healthz`` answers ``200 OK\\n`` when
 Triton and the slot's model are ready, else 503. No compression; frames above ``max_message_bytes`` are
 refused (close 1009). With an API key configured, the upgrade needs ``Authorization: Api-Key <key>``.
@@ -25,7 +26,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from openpi_bridge import offload
+from openpi_bridge import offload, request_timing
 from openpi_bridge.errors import RobotError, robot_message
 from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.slots import Slot
@@ -139,6 +140,7 @@ class WebSocketEndpoint:
             await self._fail(ws, f"could not read the served model's metadata: {exc}")
             return
         prev_total_ms: float | None = None
+        prev_encode_ms: float | None = None
         while True:
             start = time.perf_counter()  # as openpi's server: prev_total_ms includes waiting for the frame
             message = await self._next_frame(ws)
@@ -147,9 +149,11 @@ class WebSocketEndpoint:
             received = time.perf_counter()
             self.metrics.bytes_received.labels(self.slot.name, TRANSPORT).inc(len(message))
             try:
-                obs = await self._decode(message)
-                del message  # the frame's bytes are not needed while the model runs
-                answer = await self._answer(obs, prev_total_ms)
+                with request_timing.recording() as timing:
+                    with timing.stage("decode_ms"):
+                        obs = await self._decode(message)
+                    del message  # the frame's bytes are not needed while the model runs
+                    answer, prev_encode_ms = await self._answer(obs, prev_total_ms, prev_encode_ms, timing)
                 await ws.send(answer)
                 self.metrics.bytes_sent.labels(self.slot.name, TRANSPORT).inc(len(answer))
             except ConnectionClosed:
@@ -169,14 +173,26 @@ class WebSocketEndpoint:
             raise RobotError(f"expected a msgpack map (the observation dict), got {type(obs).__name__}")
         return obs
 
-    async def _answer(self, obs: dict[str, Any], prev_total_ms: float | None) -> bytes:
+    async def _answer(
+        self,
+        obs: dict[str, Any],
+        prev_total_ms: float | None,
+        prev_encode_ms: float | None,
+        stages: request_timing.RequestTiming,
+    ) -> tuple[bytes, float]:
+        """The packed answer and the milliseconds its packing took (reported with the next answer)."""
         infer_start = time.perf_counter()
         response = await self.slot.infer(obs)
         timing: dict[str, Any] = {"infer_ms": (time.perf_counter() - infer_start) * 1000.0}
         if prev_total_ms is not None:
             timing["prev_total_ms"] = prev_total_ms
+        timing.update(stages.server_timing())
+        if prev_encode_ms is not None:
+            timing["prev_encode_ms"] = round(prev_encode_ms, 3)
         response["server_timing"] = timing
-        return msgpack_numpy.packb(response)
+        pack_start = time.perf_counter()
+        packed = msgpack_numpy.packb(response)
+        return packed, (time.perf_counter() - pack_start) * 1000.0
 
     async def _fail(self, ws: ServerConnection, message: str) -> None:
         # A robot's own mistake is routine for a fleet server (INFO); the metrics count it by outcome.

@@ -27,6 +27,9 @@ def aloha_obs(seed: int, prompt: str = "fold the towel", **extra: object) -> dic
     return {**EMBODIMENTS["aloha"].example(np.random.default_rng(seed), prompt), **extra}
 
 
+BREAKDOWN = {"decode_ms", "inputs_ms", "triton_ms", "queue_ms", "model_ms", "compute_ms", "batch_size", "return_ms"}
+
+
 def noise(seed: int) -> np.ndarray:
     return np.random.default_rng(500 + seed).standard_normal((50, 32)).astype(np.float32)
 
@@ -47,9 +50,15 @@ def test_actions_and_timings(robot: WebsocketClientPolicy) -> None:
     first = robot.infer(aloha_obs(1, noise=noise(1), mode="action_only"))
     assert first["actions"].shape == (50, 14) and first["actions"].dtype == np.float64
     assert first["policy_timing"]["infer_ms"] > 0
-    assert set(first["server_timing"]) == {"infer_ms"}
+    # openpi's keys, then where the time went (the ensemble's BLS in front of the action model).
+    assert set(first["server_timing"]) == {"infer_ms", *BREAKDOWN, "bls_ms"}
     second = robot.infer(aloha_obs(1, noise=noise(1), mode="action_only"))
-    assert set(second["server_timing"]) == {"infer_ms", "prev_total_ms"}
+    assert set(second["server_timing"]) == {"infer_ms", "prev_total_ms", "prev_encode_ms", *BREAKDOWN, "bls_ms"}
+    timing = second["server_timing"]
+    inside = timing["queue_ms"] + timing["bls_ms"] + timing["model_ms"] + timing["return_ms"]
+    assert inside == pytest.approx(timing["triton_ms"], abs=1.0)  # the stages add up to the Triton call
+    assert timing["compute_ms"] <= timing["model_ms"] and timing["batch_size"] == 1
+    assert timing["inputs_ms"] + timing["triton_ms"] <= timing["infer_ms"] + 0.5  # decoding comes before infer_ms
     np.testing.assert_array_equal(first["actions"], second["actions"])
     assert "subtask" not in first
 

@@ -91,10 +91,10 @@ def test_planner_answers_with_text_and_spliced_prompt(client: grpcclient.Inferen
 @pytest.mark.parametrize(
     ("mode", "expected"),
     [
-        ("default", ["actions", "policy_infer_ms", "subtask", "subtask_ms"]),
-        ("", ["actions", "policy_infer_ms", "subtask", "subtask_ms"]),
+        ("default", ["actions", "policy_infer_ms", "model_timing", "subtask", "subtask_ms"]),
+        ("", ["actions", "policy_infer_ms", "model_timing", "subtask", "subtask_ms"]),
         ("subtask_only", ["subtask", "subtask_ms"]),
-        ("action_only", ["actions", "policy_infer_ms"]),
+        ("action_only", ["actions", "policy_infer_ms", "model_timing"]),
     ],
 )
 def test_combined_modes_return_the_documented_outputs(

@@ -11,6 +11,11 @@ POLICY_INFER_MS = "policy_infer_ms"
 SUBTASK = "subtask"
 SUBTASK_MS = "subtask_ms"
 ACTION_PROMPT = "action_prompt"
+# FP64 [6], where a request's time went inside Triton, for the bridge's ``server_timing``: wall-clock seconds
+# (time.time()) at the action model's execute start and end, the batched model call's ms, the call's batch
+# size, and the BLS's execute start and end (NaN when no BLS was in front).
+MODEL_TIMING = "model_timing"
+MODEL_TIMING_FIELDS = ("execute_start_s", "execute_end_s", "compute_ms", "batch_size", "bls_start_s", "bls_end_s")
 
 # openpi-flash's modes of the action slot (``obs["mode"]``); empty or absent is ``default``.
 MODES = ("default", "subtask_only", "action_only")

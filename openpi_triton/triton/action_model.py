@@ -5,6 +5,7 @@ stacked into one batched call of the configured runtime (:mod:`openpi_triton.run
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +45,7 @@ class ActionModel:
             served_config=self.policy.config.name,
             call_name="action inference",
             read=self._read,
-            call=self.policy.sample,
+            call=self._sample,
             respond=self._respond,
             metrics=backend.ModelMetrics.create(args["model_name"], "action", served),
             failures=backend.RequestFailures.create(args["model_name"], served),
@@ -63,7 +64,12 @@ class ActionModel:
             )
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        self._started, self._batch = time.time(), 0  # for model_timing: wall clock, comparable across processes
         return batched_execute.execute(self.batched, requests)
+
+    def _sample(self, rows: list[Any]) -> Sequence[Any]:
+        self._batch = len(rows)
+        return self.policy.sample(rows)
 
     def _read(self, request: Any) -> list[Any]:
         rows = backend.read_rows(request, self.inputs, self.params.limits)
@@ -81,5 +87,11 @@ class ActionModel:
             [
                 backend.float_tensor(io_spec.ACTIONS, actions),
                 backend.float_tensor(io_spec.POLICY_INFER_MS, [[ms]] * len(prepared)),
+                self._timing(len(prepared), ms),
             ]
         )
+
+    def _timing(self, rows: int, ms: float) -> Any:
+        nan = float("nan")
+        row = [self._started, time.time(), ms, float(self._batch), nan, nan]
+        return pb_utils.Tensor(io_spec.MODEL_TIMING, np.asarray([row] * rows, dtype=np.float64))

@@ -17,6 +17,7 @@ together and are batched there.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,9 @@ from openpi_triton.triton import backend, inherit, io_spec, served_config
 from openpi_triton.triton.model_params import CombinedParams
 
 PLANNER_OUTPUTS = [io_spec.SUBTASK, io_spec.SUBTASK_MS, io_spec.ACTION_PROMPT]
-ACTION_OUTPUTS = [io_spec.ACTIONS, io_spec.POLICY_INFER_MS]
+ACTION_OUTPUTS = [io_spec.ACTIONS, io_spec.POLICY_INFER_MS, io_spec.MODEL_TIMING]
+# The BLS's own execute start and end in model_timing (after the action model's four fields).
+BLS_TIMING = slice(4, 6)
 
 
 def read_mode(request: Any) -> str:
@@ -78,6 +81,7 @@ class CombinedModel:
         return backend.finish_responses(requests, responses, self.failures)
 
     async def _serve(self, request: Any) -> Any:
+        started = time.time()
         try:
             mode = read_mode(request)
             rows = backend.batch_size_of(request, self.batch_inputs)
@@ -102,7 +106,10 @@ class CombinedModel:
             return pb_utils.InferenceResponse(
                 error=backend.child_error(action, self.params.action_model, self.config.name)
             )
-        outputs = [pb_utils.get_output_tensor_by_name(action, name) for name in ACTION_OUTPUTS]
+        outputs = [pb_utils.get_output_tensor_by_name(action, name) for name in ACTION_OUTPUTS[:2]]
+        timing = np.array(pb_utils.get_output_tensor_by_name(action, io_spec.MODEL_TIMING).as_numpy(), np.float64)
+        timing[:, BLS_TIMING] = (started, time.time())
+        outputs.append(pb_utils.Tensor(io_spec.MODEL_TIMING, timing))
         if subtask is not None:
             texts, ms, _ = subtask
             outputs += [backend.string_tensor(io_spec.SUBTASK, texts), backend.float_tensor(io_spec.SUBTASK_MS, ms)]

@@ -6,7 +6,8 @@ Conventions (all robot-facing tensors carry the batch dimension first; ``max_bat
   float images are converted to uint8 by the client side (openpi's ``(255 * x).astype(uint8)``);
 - state ``<key path>``: FP64 ``[width]`` (float64 keeps pi0.5's state bins bit-identical to openpi);
 - ``prompt``: BYTES ``[1]`` UTF-8, optional; ``noise``: FP32 ``[action_horizon, 32]``, optional;
-- out: ``actions`` FP32 ``[action_horizon, robot action dim]``, ``policy_infer_ms`` FP32 ``[1]``.
+- out: ``actions`` FP32 ``[action_horizon, robot action dim]``, ``policy_infer_ms`` FP32 ``[1]``, ``model_timing``
+  FP64 ``[6]`` (where the time went, see ``contract.io_names``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from openpi_triton.contract.io_names import (  # noqa: F401 - the models' names,
     ACTIONS,
     GENERATION_PROMPT_FORMAT,
     MODE,
+    MODEL_TIMING,
+    MODEL_TIMING_FIELDS,
     MODES,
     NOISE,
     POLICY_INFER_MS,
@@ -72,6 +75,7 @@ def action_outputs(config: PolicyConfig) -> list[TensorSpec]:
     return [
         TensorSpec(ACTIONS, "TYPE_FP32", (config.action_horizon, config.embodiment.action_dim)),
         TensorSpec(POLICY_INFER_MS, "TYPE_FP32", (1,)),
+        TensorSpec(MODEL_TIMING, "TYPE_FP64", (len(MODEL_TIMING_FIELDS),)),
     ]
 
 
