@@ -16,6 +16,7 @@ from openpi_bridge.config import BridgeConfig
 from openpi_bridge.local_socket import LocalSocketEndpoint
 from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.slots import ActionSlot, PlannerSlot, RuntimeConfig, Slot
+from openpi_bridge.triton_discovery import DnsDiscovery
 from openpi_bridge.triton_gateway import TritonGateway
 from openpi_bridge.websocket_server import WebSocketEndpoint
 
@@ -61,9 +62,17 @@ def build_slots(config: BridgeConfig, gateway: TritonGateway) -> tuple[dict[str,
 
 async def start_bridge(config: BridgeConfig) -> RunningBridge:
     metrics = BridgeMetrics()
+    discovery = config.triton.discovery
     gateway = TritonGateway(
-        config.triton_urls, config.triton.request_timeout_s, config.triton.shared_memory, config.limits.inputs, metrics
+        [] if discovery else config.triton_urls,
+        config.triton.request_timeout_s,
+        config.triton.shared_memory,
+        config.limits.inputs,
+        metrics,
+        DnsDiscovery(discovery.name, discovery.port, discovery.nameservers) if discovery else None,
+        discovery.refresh_s if discovery else 5.0,
     )
+    await gateway.start()
     slots, runtime = build_slots(config, gateway)
     bridge = RunningBridge(config, gateway, slots, runtime)
     transports = {"action": config.action_transport, "planner": config.planner_transport}
@@ -128,7 +137,7 @@ async def serve_forever(config: BridgeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    logger.info("bridge ready (Triton at %s)", ", ".join(config.triton_urls))
+    logger.info("bridge ready (Triton at %s)", bridge.gateway.source)
     try:
         await stop.wait()
     finally:

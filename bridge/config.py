@@ -53,15 +53,34 @@ class PlannerSlot(_Strict):
         return validate_prompt_format(value)
 
 
+class TritonDiscovery(_Strict):
+    """Triton servers found by DNS name: every IPv4 address of ``name`` (a Kubernetes headless Service lists its
+    ready pods), read again every ``refresh_s``; a server that leaves finishes its requests in flight."""
+
+    name: str = Field(min_length=1)
+    port: int = Field(default=8001, ge=1, le=65535)
+    refresh_s: float = Field(default=5.0, gt=0)
+    # DNS servers to ask ("address" or "address:port"); empty: the system's (/etc/resolv.conf).
+    nameservers: list[str] = Field(default_factory=list)
+
+
 class TritonConfig(_Strict):
     url: str = "127.0.0.1:8101"
     # Several Triton servers (scale-out): requests go to the one with the least outstanding work.
     urls: list[str] | None = None
+    # Or the servers behind a DNS name, followed while serving (docs/kubernetes.md).
+    discovery: TritonDiscovery | None = None
     action_model: str = "action"
     combined_model: str = "combined_ensemble"
     request_timeout_s: float = Field(default=60.0, gt=0)
     # Images through system shared memory: auto = when Triton's URL is loopback; on; off.
     shared_memory: Literal["auto", "on", "off"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TritonConfig:
+        if self.discovery is not None and self.urls:
+            raise ValueError("give either 'urls' (a fixed list) or 'discovery' (a DNS name), not both")
+        return self
 
 
 class AdminConfig(_Strict):

@@ -17,6 +17,7 @@ from openpi_bridge import offload, request_timing
 from openpi_bridge.errors import ObservationError, TritonCallError
 from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.shared_memory import Region, SharedMemoryPool
+from openpi_bridge.triton_discovery import DiscoveryError, DnsDiscovery
 from openpi_triton import tensor_names
 from openpi_triton.contract import images as image_ops
 from openpi_triton.contract import io_names
@@ -233,6 +234,20 @@ class Endpoint:
     use_shared_memory: bool
     outstanding: int = 0
     healthy: bool = True
+    # Set while no request is in flight: a server that left DNS is closed once its requests finished.
+    idle: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def begin(self) -> None:
+        self.outstanding += 1
+        self.idle.clear()
+
+    def end(self) -> None:
+        self.outstanding -= 1
+        if self.outstanding == 0:
+            self.idle.set()
 
 
 class TritonGateway:
@@ -245,6 +260,11 @@ class TritonGateway:
     ``shared_memory``: ``auto`` sends images through system shared memory to Triton servers on this host
     (loopback URL) and falls back to the gRPC payload, with a warning, if Triton cannot map the regions
     (e.g. a container without the host's /dev/shm); ``on`` makes that an error; ``off`` never uses it.
+
+    ``discovery`` (``triton.discovery``): the servers are the addresses of a DNS name, read again every
+    ``refresh_s`` (a Kubernetes headless Service: its ready pods). A new address gets requests from the next
+    pick on; one that left gets no new requests, its requests in flight finish, then its channel is closed. A
+    failed or empty lookup keeps the servers known so far (the health check still takes dead ones out).
     """
 
     def __init__(
@@ -254,42 +274,104 @@ class TritonGateway:
         shared_memory: str = "auto",
         input_limits: InputLimits = DEFAULT_INPUT_LIMITS,
         metrics: BridgeMetrics | None = None,
+        discovery: DnsDiscovery | None = None,
+        discovery_refresh_s: float = 5.0,
     ) -> None:
-        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        urls = [urls] if isinstance(urls, str) else list(urls)
         self.input_limits = input_limits
         self.metrics = metrics or BridgeMetrics()
-        if not self.urls:
+        if not urls and discovery is None:
             raise ValueError("at least one Triton URL is needed")
         self.timeout = request_timeout_s
         self.shared_memory_mode = shared_memory
-        self.endpoints = []
-        for url in self.urls:
-            client = grpcaio.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
-            use_shm = shared_memory == "on" or (shared_memory == "auto" and is_local(url))
-            self.endpoints.append(Endpoint(url, client, SharedMemoryPool(client), use_shm))
+        self.discovery = discovery
+        self.discovery_refresh_s = discovery_refresh_s
+        self.endpoints: list[Endpoint] = [self._endpoint(url) for url in urls]
         self._interfaces: dict[str, ModelInterface] = {}
         self._models: set[str] = set()  # models served so far: an endpoint is healthy when all are ready
         self._turn = 0
         self._monitor: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def _endpoint(self, url: str) -> Endpoint:
+        client = grpcaio.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
+        use_shm = self.shared_memory_mode == "on" or (self.shared_memory_mode == "auto" and is_local(url))
+        return Endpoint(url, client, SharedMemoryPool(client), use_shm)
 
     @property
-    def url(self) -> str:
-        return self.urls[0]
+    def urls(self) -> list[str]:
+        return [e.url for e in self.endpoints]
+
+    @property
+    def source(self) -> str:
+        """Where the servers come from, for logs: the DNS name, or the URLs."""
+        return f"DNS name {self.discovery}" if self.discovery is not None else ", ".join(self.urls)
+
+    async def start(self) -> None:
+        """With discovery: the first lookup before robots are accepted, then one every ``refresh_s``."""
+        if self.discovery is not None:
+            await self.refresh_servers()
+        self._ensure_monitor()
 
     async def close(self) -> None:
-        if self._monitor is not None:
-            self._monitor.cancel()
+        for task in (self._monitor, self._follower, *self._retiring):
+            if task is not None:
+                task.cancel()
         for endpoint in self.endpoints:
             await endpoint.pool.close()
             await endpoint.client.close()
 
     def _ensure_monitor(self) -> None:
-        if len(self.endpoints) > 1 and self._monitor is None:
-            self._monitor = asyncio.get_running_loop().create_task(self._watch_health())
+        loop = asyncio.get_running_loop()
+        if (len(self.endpoints) > 1 or self.discovery is not None) and self._monitor is None:
+            self._monitor = loop.create_task(self._watch_health())
+        if self.discovery is not None and self._follower is None:
+            self._follower = loop.create_task(self._follow_dns())
+
+    async def _follow_dns(self) -> None:
+        while True:
+            await asyncio.sleep(self.discovery_refresh_s)
+            await self.refresh_servers()
+
+    async def refresh_servers(self) -> None:
+        """One lookup of the discovery name; servers that appeared join, servers that left are retired."""
+        assert self.discovery is not None
+        try:
+            found = await self.discovery.urls()
+        except DiscoveryError as exc:
+            logger.warning("%s; keeping the Triton servers %s", exc, self.urls)
+            return
+        if not found:
+            if self.endpoints:
+                logger.warning("%s has no addresses; keeping the Triton servers %s", self.discovery, self.urls)
+            return
+        known = self.urls
+        joined = [url for url in found if url not in known]
+        left = [e for e in self.endpoints if e.url not in found]
+        for endpoint in left:
+            self.endpoints.remove(endpoint)  # no new requests from now on
+            task = asyncio.get_running_loop().create_task(self._retire(endpoint))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        self.endpoints.extend(self._endpoint(url) for url in joined)
+        if joined or left:
+            logger.info(
+                "Triton servers at %s: %s (joined %s, left %s)",
+                self.discovery,
+                self.urls,
+                joined,
+                [e.url for e in left],
+            )
+
+    async def _retire(self, endpoint: Endpoint) -> None:
+        await endpoint.idle.wait()  # its requests in flight finish on the open channel
+        await endpoint.pool.close()
+        await endpoint.client.close()
 
     async def _watch_health(self) -> None:
         while True:
-            for endpoint in self.endpoints:
+            for endpoint in list(self.endpoints):
                 ready = await self._endpoint_ready(endpoint)
                 if ready != endpoint.healthy:
                     logger.warning("Triton %s is %s", endpoint.url, "back" if ready else "not ready: no new requests")
@@ -343,7 +425,7 @@ class TritonGateway:
         cached = self._interfaces.get(model)
         if cached is not None and time.monotonic() - cached.fetched_at < DESCRIBE_TTL_S:
             return cached
-        error: TritonCallError | None = None
+        error: TritonCallError | None = None if self.endpoints else self._no_servers(model)
         for endpoint in sorted(self.endpoints, key=lambda e: not e.healthy):
             try:
                 config = await endpoint.client.get_model_config(model, as_json=True, client_timeout=self.timeout)
@@ -361,6 +443,9 @@ class TritonGateway:
             return cached
         raise error
 
+    def _no_servers(self, model: str) -> TritonCallError:
+        return TritonCallError(model, "StatusCode.UNAVAILABLE", f"no Triton server found at {self.source} yet")
+
     def _expire_all(self) -> None:
         """The next :meth:`describe` of each model reads its config again, keeping the last one as fallback."""
         for model, cached in self._interfaces.items():
@@ -368,7 +453,7 @@ class TritonGateway:
 
     async def ready(self, model: str) -> bool:
         self._ensure_monitor()
-        for endpoint in self.endpoints:
+        for endpoint in list(self.endpoints):
             try:
                 if await endpoint.client.is_server_ready(client_timeout=2.0) and await endpoint.client.is_model_ready(
                     model, client_timeout=2.0
@@ -385,20 +470,23 @@ class TritonGateway:
         with request_timing.stage("inputs_ms"):
             arrays = await offload.run(build_inputs, interface, obs, extra, self.input_limits)
         tried: list[Endpoint] = []
+        refused: TritonCallError | None = None
         while True:
             endpoint = self._pick(exclude=tried)
-            assert endpoint is not None
+            if endpoint is None:
+                raise refused or self._no_servers(model)
             tried.append(endpoint)
-            endpoint.outstanding += 1
+            endpoint.begin()
             try:
                 result = await self._infer_on(endpoint, model, arrays)
                 break
             except TritonCallError as exc:
                 # Refused before it ran (server gone, model not loaded there): another server may take it.
-                if not exc.not_executed or len(tried) == len(self.endpoints):
+                if not exc.not_executed:
                     raise
+                refused = exc
             finally:
-                endpoint.outstanding -= 1
+                endpoint.end()
         names = [o.name for o in result.get_response().outputs]
         outputs = {name: result.as_numpy(name) for name in names}
         timing = outputs.pop(io_names.MODEL_TIMING, None)
@@ -430,7 +518,7 @@ class TritonGateway:
                     await endpoint.pool.reset()
                     continue
                 error = TritonCallError(model, status, message)
-                if error.not_executed and len(self.endpoints) > 1:
+                if error.not_executed and (len(self.endpoints) > 1 or self.discovery is not None):
                     endpoint.healthy = False
                     logger.warning(
                         "Triton %s cannot serve %s (%s): no new requests until it is ready", endpoint.url, model, status

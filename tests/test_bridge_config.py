@@ -50,6 +50,9 @@ def test_environment_overrides_one_field(monkeypatch: pytest.MonkeyPatch, tmp_pa
         ({"action": None}, "at least one"),
         ({"action_transport": {"websocket_port": 70000}}, "websocket_port"),
         ({"triton": {"shared_memory": "maybe"}}, "shared_memory"),
+        ({"triton": {"urls": ["a:8001"], "discovery": {"name": "triton"}}}, "either 'urls'.*or 'discovery'"),
+        ({"triton": {"discovery": {"name": "triton", "refresh_s": 0}}}, "refresh_s"),
+        ({"triton": {"discovery": {"name": ""}}}, "discovery.name"),
     ],
 )
 def test_invalid_configs_name_the_field(data: dict, field: str) -> None:

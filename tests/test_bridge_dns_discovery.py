@@ -1,0 +1,185 @@
+"""The bridge follows the Triton servers behind a DNS name, as it does a Kubernetes headless Service: two
+tritonservers on their own loopback addresses (one port, as pods have), a real DNS server whose A records the
+test edits. A server that joins the name gets traffic; one removed from it under traffic finishes the request
+it holds and gets no new ones, so stopping it afterwards costs robots nothing; every robot's answers equal
+its reference throughout and none fails."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+from openpi_triton.native.tiny import EmbeddedDefault
+from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
+from perf.soak import robot_observation
+from tests.conftest import start_bridge_process, stop_bridge_process
+from tests.dns_server import DnsServer
+from tests.triton_helpers import copy_model, wait_until
+
+NAME = "triton.openpi-test.svc.cluster.local"
+POD_ADDRESSES = ("127.0.0.2", "127.0.0.3")
+# A call outstanding this long is held by the frozen server (the bridge's call timeout is 60 s).
+HELD_S = 5.0
+
+
+def _port_free_on(addresses: tuple[str, ...]) -> int:
+    """One TCP port free on every address (pods share the container port, each on its own IP)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind((addresses[0], 0))
+            port = probe.getsockname()[1]
+        try:
+            for address in addresses:
+                with socket.socket() as other:
+                    other.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no TCP port free on all of {addresses}")
+
+
+def _count(url: str) -> int:
+    stats = grpcclient.InferenceServerClient(url).get_inference_statistics("action", as_json=True)
+    return int(stats["model_stats"][0].get("inference_count", 0))
+
+
+class Robot:
+    """Calls back to back with its fixed observation and noise; every answer must equal its first."""
+
+    def __init__(self, port: int, robot_id: int) -> None:
+        self.robot_id = robot_id
+        self.obs = robot_observation("pi05_aloha", robot_id)
+        self.port = port
+        self.reference: np.ndarray | None = None
+        self.answers = 0
+        self.calling_since: float | None = None
+        self.wrong: list[str] = []
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        policy = WebsocketClientPolicy(host="127.0.0.1", port=self.port)
+        try:
+            while not self.stop.is_set():
+                self.calling_since = time.monotonic()
+                try:
+                    actions = np.asarray(policy.infer(self.obs)["actions"])
+                except Exception as exc:  # counted: the test allows none
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                    policy._ws.close()
+                    policy = WebsocketClientPolicy(host="127.0.0.1", port=self.port)
+                    continue
+                finally:
+                    self.calling_since = None
+                if self.reference is None:
+                    self.reference = actions
+                elif actions.shape != self.reference.shape or not np.allclose(actions, self.reference, atol=1e-4):
+                    self.wrong.append(f"answer {self.answers}: max diff {np.abs(actions - self.reference).max()}")
+                self.answers += 1
+        finally:
+            policy._ws.close()
+
+
+@pytest.fixture
+def pod_servers(embedded_default: EmbeddedDefault, tmp_path):
+    """Two tritonservers: gRPC on the same port at 127.0.0.2 and 127.0.0.3, HTTP (readiness) on 127.0.0.1."""
+    grpc_port = _port_free_on(POD_ADDRESSES)
+    servers = []
+    try:
+        for address in POD_ADDRESSES:
+            repo = tmp_path / address
+            copy_model(repo, "action", "action", {"batch_buckets": "1,2"})
+            http, unused_grpc, metrics = free_ports(3)
+            options = ServerOptions(
+                repo,
+                http,
+                unused_grpc,
+                metrics,
+                extra_args=(f"--grpc-port={grpc_port}", f"--grpc-address={address}"),
+                env={"OPENPI_TRITON_HOME": str(embedded_default.root.parent)},
+            )
+            servers.append(TritonServer(options, log_stream=open(tmp_path / f"{address}.log", "w")).start())
+        for server in servers:
+            server.wait_ready(["action"], timeout=300)
+        yield grpc_port, servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_bridge_follows_the_pods_behind_a_dns_name(pod_servers, tmp_path) -> None:
+    grpc_port, servers = pod_servers
+    url_a, url_b = (f"{address}:{grpc_port}" for address in POD_ADDRESSES)
+    with DnsServer({NAME: [POD_ADDRESSES[0]]}) as dns:
+        discovery = {"name": NAME, "port": grpc_port, "refresh_s": 0.5, "nameservers": [dns.address]}
+        bridge = start_bridge_process(
+            "", tmp_path, planner=None, admin={"enabled": False}, triton={"discovery": discovery}
+        )
+        # Three robots back to back: both pods hold requests most of the time, so pod a has some in flight
+        # when it leaves the name.
+        robots = [Robot(bridge.action_port, robot_id) for robot_id in range(3)]
+        frozen = False
+        witness = robots[0]
+        try:
+            for robot in robots:
+                robot.thread.start()
+            wait_until(lambda: witness.answers >= 3, 120, "the witness answered through the first pod")
+            assert _count(url_b) == 0  # not in DNS yet: nothing reaches it
+
+            # Scale-out: a second pod becomes ready and joins the name; the bridge balances onto it.
+            dns.set_addresses(NAME, list(POD_ADDRESSES))
+            wait_until(lambda: _count(url_b) > 0, 120, "traffic on the joined pod")
+
+            # Scale-in with a request held on pod a: freeze its tritonserver until a robot's call is stuck there
+            # (the others keep answering through b), take a out of the name (Kubernetes does that when the pod
+            # starts terminating), let the bridge re-read it, then let a answer: the held call must complete.
+            os.kill(servers[0].process.pid, signal.SIGSTOP)
+            frozen = True
+
+            def held_on_a() -> list[Robot]:
+                # Healthy calls take well under a second here; one this old waits on the frozen server.
+                now = time.monotonic()
+                return [r for r in robots if r.calling_since is not None and now - r.calling_since > HELD_S]
+
+            held = wait_until(held_on_a, 60, "a robot's call held on the frozen pod")
+            dns.set_addresses(NAME, [POD_ADDRESSES[1]])
+            queries = dns.queries
+            wait_until(lambda: dns.queries >= queries + 2, 60, "the bridge re-read the name")
+            held_answers = [robot.answers for robot in held]
+            os.kill(servers[0].process.pid, signal.SIGCONT)
+            frozen = False
+            wait_until(
+                lambda: all(r.answers > n for r, n in zip(held, held_answers, strict=True)),
+                120,
+                "the calls held on pod a answered after it left the name",
+            )
+
+            # From now on pod a gets nothing, and stopping it (SIGTERM after the drain) costs robots nothing.
+            served_by_a = _count(url_a)
+            answers = witness.answers
+            wait_until(lambda: witness.answers >= answers + 5, 120, "the witness answered after a left")
+            assert _count(url_a) == served_by_a, "pod a got requests after it left DNS"
+            servers[0].stop()
+            answers = witness.answers
+            wait_until(lambda: witness.answers >= answers + 5, 120, "the witness answered after a stopped")
+        finally:
+            if frozen:
+                os.kill(servers[0].process.pid, signal.SIGCONT)
+            for robot in robots:
+                robot.stop.set()
+            for robot in robots:
+                robot.thread.join(timeout=120)
+            log = bridge.log.read_text()
+            stop_bridge_process(bridge)
+    for robot in robots:
+        assert robot.failures == [], f"robot {robot.robot_id}: {robot.failures}\nbridge log:\n{log}"
+        assert robot.wrong == [], f"robot {robot.robot_id}: {robot.wrong}"
