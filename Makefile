@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 GOLDEN ?= ../shared/golden
 
 .PHONY: venv lint test golden-check default-model bench serve clean flash-transport flash-transport-release \
-	perf perf-sweep perf-fleet perf-analyzer perf-capacity
+	perf perf-sweep perf-fleet perf-analyzer perf-capacity k8s-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,33 @@ flash-transport-release:
 	cargo build --release --manifest-path flash-transport/Cargo.toml
 
 # All tests: lint, unit tests, the golden vectors in $(GOLDEN) through the real golden-check CLI.
-test: venv lint flash-transport
+test: venv lint flash-transport k8s-check
 	cargo test --quiet --manifest-path flash-transport/Cargo.toml
 	$(PY) -m pytest
+
+# The Helm chart deploy/helm/openpi-triton: helm lint, helm template over its value sets, every object checked
+# offline against Kubernetes $(K8S_VERSION)'s schemas (the kubernetes-validate wheel) or, for PodMonitor and
+# ScaledObject, their projects' Go types (deploy/helm/crdcheck), and the chart's contract tests. helm and
+# crdcheck are built from Go modules into $(K8S_TOOLS) once (minutes; Go's caches under ~/go and ~/.cache).
+K8S_VERSION := 1.34.0
+HELM_VERSION := v3.19.0
+K8S_TOOLS := .cache/k8s-tools
+GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
+# What helm's own release build stamps in: its version, and the Kubernetes version it renders for by default.
+HELM_LDFLAGS := -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=$(word 1,$(subst ., ,$(K8S_VERSION))) \
+	-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(word 2,$(subst ., ,$(K8S_VERSION)))
+
+$(K8S_TOOLS)/helm:
+	GOBIN=$(abspath $(K8S_TOOLS)) $(GO) install \
+		-ldflags "$(HELM_LDFLAGS)" helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+$(K8S_TOOLS)/crdcheck: deploy/helm/crdcheck/main.go deploy/helm/crdcheck/go.mod deploy/helm/crdcheck/go.sum
+	cd deploy/helm/crdcheck && $(GO) build -o $(abspath $@) .
+
+k8s-check: venv $(K8S_TOOLS)/helm $(K8S_TOOLS)/crdcheck
+	HELM=$(K8S_TOOLS)/helm CRDCHECK=$(K8S_TOOLS)/crdcheck K8S_VERSION=$(K8S_VERSION) \
+		$(PY) -m pytest -q -p no:cacheprovider deploy/helm/tests
 
 # Every case of a golden-format folder against the native runtime; non-zero exit if outside tolerance.
 golden-check: venv

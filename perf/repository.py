@@ -7,11 +7,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import pathlib
-import re
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 
 from openpi_triton.scheduler import Scheduler
+from openpi_triton.triton.config_text import set_field, set_instance_group, set_parameter
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -44,28 +44,11 @@ class RepositoryVariant:
         return f"batch-{'on' if self.batching else 'off'}_inst-{self.instances}"
 
 
-def set_parameter(config_text: str, key: str, value: str) -> str:
-    pattern = re.compile(r'(parameters \{ key: "' + re.escape(key) + r'" value: \{ string_value: )"[^"]*"')
-    if not pattern.search(config_text):
-        raise KeyError(f"config.pbtxt has no parameter {key!r}")
-    return pattern.sub(lambda m: m.group(1) + '"' + value.replace('"', '\\"') + '"', config_text)
-
-
-def _set_field(config_text: str, pattern: str, replacement: str, what: str) -> str:
-    new, count = re.subn(pattern, replacement, config_text, count=1, flags=re.DOTALL)
-    if count != 1:
-        raise ValueError(f"config.pbtxt: cannot find {what} to rewrite")
-    return new
-
-
 def rewrite_config(text: str, model: str, variant: RepositoryVariant) -> str:
     batch = 8 if variant.batching else 1
-    text = _set_field(text, r"max_batch_size:\s*\d+", f"max_batch_size: {batch}", "max_batch_size")
+    text = set_field(text, r"max_batch_size:\s*\d+", f"max_batch_size: {batch}", "max_batch_size")
     if model in RUNTIME_MODELS:
-        kind = "{ kind: KIND_GPU, count: %d, gpus: [ 0 ] }" if variant.gpu else "{ kind: KIND_CPU, count: %d }"
-        text = _set_field(
-            text, r"instance_group\s*\[[^\]]*\]", f"instance_group [ {kind % variant.instances} ]", "instance_group"
-        )
+        text = set_instance_group(text, variant.instances, 1 if variant.gpu else 0)
         if not variant.batching:
             text = set_parameter(text, "batch_buckets", "1")
 
@@ -83,7 +66,7 @@ def _set_scheduler(text: str, model: str, variant: RepositoryVariant) -> str:
     if variant.scheduler is None or model not in ("action", "combined_ensemble"):
         return text
     block = variant.scheduler.dynamic_batching()
-    return _set_field(text, r"dynamic_batching\s*\{.*?\}(\s*\n|$)", block + "\n", "dynamic_batching")
+    return set_field(text, r"dynamic_batching\s*\{.*?\}(\s*\n|$)", block + "\n", "dynamic_batching")
 
 
 def build_repository(target: pathlib.Path, variant: RepositoryVariant, models: Sequence[str]) -> pathlib.Path:

@@ -14,7 +14,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from openpi_triton import tensor_names
-from perf.repository import set_parameter
+from openpi_triton.triton.config_text import set_parameter
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
