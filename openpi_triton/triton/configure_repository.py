@@ -78,17 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-planner", dest="planner", action="store_false", help="action model only")
     args = parser.parse_args(argv)
     try:
-        models = configure(
-            args.source,
-            args.target,
-            config_name=args.config_name,
-            checkpoint_dir=args.checkpoint_dir,
-            dtype=args.dtype,
-            instances=args.instances,
-            gpus=args.gpus,
-            batch_buckets=args.batch_buckets,
-            planner=args.planner,
-        )
+        models = configure(**vars(args))  # the flags are configure's parameters
     except (ValueError, KeyError, FileNotFoundError) as exc:
         print(f"configure_repository: {exc}", file=sys.stderr)
         return 2
