@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from openpi_bridge.triton_discovery import parse_nameserver
 from openpi_triton import limits as default_limits
 from openpi_triton.limits import FrameLimits, InputLimits
 from openpi_triton.prompt_format import DEFAULT_GENERATION_PROMPT_FORMAT, validate_prompt_format
@@ -62,6 +63,13 @@ class TritonDiscovery(_Strict):
     refresh_s: float = Field(default=5.0, gt=0)
     # DNS servers to ask ("address" or "address:port"); empty: the system's (/etc/resolv.conf).
     nameservers: list[str] = Field(default_factory=list)
+
+    @field_validator("nameservers")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            parse_nameserver(spec)
+        return value
 
 
 class TritonConfig(_Strict):

@@ -21,12 +21,14 @@ class DiscoveryError(RuntimeError):
     """The name could not be looked up (no answer, no name server): keep the servers known so far."""
 
 
-def _nameserver(spec: str) -> dns.nameserver.Do53Nameserver:
-    host, _, port = spec.rpartition(":") if spec.count(":") == 1 else (spec, "", "")
-    try:
-        return dns.nameserver.Do53Nameserver(host or spec, int(port) if port else 53)
-    except ValueError:
-        raise ValueError(f"name server {spec!r}: expected an IP address or 'address:port'") from None
+def parse_nameserver(spec: str) -> tuple[str, int]:
+    """``"10.0.0.10"``, ``"10.0.0.10:5353"`` or ``"fd00::a"`` as (address, port); anything else is an error."""
+    host, port = spec, "53"
+    if spec.count(":") == 1:
+        host, port = spec.split(":")
+    if not dns.inet.is_address(host) or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"name server {spec!r}: expected an IP address or 'address:port'")
+    return host, int(port)
 
 
 class DnsDiscovery:
@@ -37,7 +39,7 @@ class DnsDiscovery:
         self.port = port
         self.resolver = dns.asyncresolver.Resolver(configure=not nameservers)
         if nameservers:
-            self.resolver.nameservers = [_nameserver(s) for s in nameservers]
+            self.resolver.nameservers = [dns.nameserver.Do53Nameserver(*parse_nameserver(s)) for s in nameservers]
         self.resolver.lifetime = LOOKUP_TIMEOUT_S
 
     def __str__(self) -> str:

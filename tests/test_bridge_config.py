@@ -53,6 +53,7 @@ def test_environment_overrides_one_field(monkeypatch: pytest.MonkeyPatch, tmp_pa
         ({"triton": {"urls": ["a:8001"], "discovery": {"name": "triton"}}}, "either 'urls'.*or 'discovery'"),
         ({"triton": {"discovery": {"name": "triton", "refresh_s": 0}}}, "refresh_s"),
         ({"triton": {"discovery": {"name": ""}}}, "discovery.name"),
+        ({"triton": {"discovery": {"name": "t", "nameservers": ["dns.local"]}}}, "name server 'dns.local'"),
     ],
 )
 def test_invalid_configs_name_the_field(data: dict, field: str) -> None:

@@ -6,6 +6,7 @@ its reference throughout and none fails."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -17,6 +18,9 @@ import pytest
 import tritonclient.grpc as grpcclient
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
+from openpi_bridge.errors import TritonCallError
+from openpi_bridge.triton_discovery import DnsDiscovery
+from openpi_bridge.triton_gateway import TritonGateway
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 from perf.soak import robot_observation
@@ -183,3 +187,32 @@ def test_bridge_follows_the_pods_behind_a_dns_name(pod_servers, tmp_path) -> Non
     for robot in robots:
         assert robot.failures == [], f"robot {robot.robot_id}: {robot.failures}\nbridge log:\n{log}"
         assert robot.wrong == [], f"robot {robot.robot_id}: {robot.wrong}"
+
+
+def test_a_failed_or_empty_lookup_keeps_the_known_servers() -> None:
+    """A DNS blip must not drain the fleet: only an answer with addresses changes the server list."""
+
+    async def scenario() -> None:
+        with DnsServer({NAME: list(POD_ADDRESSES)}) as dns:
+            gateway = TritonGateway([], 5.0, "off", discovery=DnsDiscovery(NAME, 8001, [dns.address]))
+            await gateway.refresh_servers()
+            both = [f"{address}:8001" for address in POD_ADDRESSES]
+            assert gateway.urls == both
+            dns.set_addresses(NAME, [])  # the name has no ready pod, or the answer came back empty
+            await gateway.refresh_servers()
+            assert gateway.urls == both
+            leaving = gateway.endpoints[0]
+            leaving.begin()  # a request in flight on it
+            dns.set_addresses(NAME, [POD_ADDRESSES[1]])
+            await gateway.refresh_servers()
+            assert gateway.urls == both[1:]
+            assert not leaving.idle.is_set()  # its channel stays open for the request in flight
+            leaving.end()
+            await asyncio.wait_for(asyncio.gather(*gateway._retiring), 10)  # then it is closed
+        await gateway.refresh_servers()  # the DNS server is gone: the lookup fails
+        assert gateway.urls == both[1:]
+        with pytest.raises(TritonCallError, match="no Triton server found"):
+            await TritonGateway([], 5.0, discovery=DnsDiscovery(NAME, 8001, ["127.0.0.1:9"])).infer("action", {})
+        await gateway.close()
+
+    asyncio.run(scenario())
