@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -133,6 +134,8 @@ class ActionSlot(Slot):
             response["policy_timing"] = {"infer_ms": _finite_ms(outputs[io_names.POLICY_INFER_MS])}
         if io_names.SUBTASK in outputs:
             response["subtask"] = _subtask(outputs)
+        if io_names.RTC_ECHO in outputs:
+            response["rtc"] = json.loads(_text(outputs[io_names.RTC_ECHO]))
         return response
 
 

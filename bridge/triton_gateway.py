@@ -139,6 +139,8 @@ def _to_numbers(spec: InputSpec, value: Any) -> np.ndarray:
     if array.ndim == 0 and spec.dims == (1,):
         array = array.reshape(1)  # scalars such as DROID's gripper_position
     check_shape(spec, array)
+    if np.dtype(dtype).kind == "i" and array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0):
+        raise ObservationError(f"'{name}': expected whole numbers, got {array.reshape(-1).tolist()[:4]}")
     with np.errstate(over="ignore", invalid="ignore"):
         converted = np.ascontiguousarray(array.astype(dtype, copy=False))
     if converted.dtype.kind == "f" and not np.all(np.isfinite(converted)):

@@ -19,22 +19,7 @@ from openpi_triton.flash_client import FlashTransportPolicy, find_binary
 from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import TritonServer
 from tests.conftest import BridgeProcess
-from tests.triton_helpers import free_udp_port
-
-
-def wait_udp_bound(port: int, timeout: float = 30.0) -> None:
-    """Blocks until a socket is bound to UDP ``port``: the sidecar's QUIC endpoint exists (packets sent to it
-    from then on are queued and served), so a robot may connect."""
-    suffix = f":{port:04X}"
-    deadline = time.monotonic() + timeout
-    while True:
-        for table in ("/proc/net/udp", "/proc/net/udp6"):
-            rows = pathlib.Path(table).read_text().splitlines()[1:] if os.path.exists(table) else []
-            if any(row.split()[1].endswith(suffix) for row in rows):
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"nothing bound UDP port {port} within {timeout} s")
-        time.sleep(0.05)
+from tests.triton_helpers import free_udp_port, wait_udp_bound
 
 
 def aloha_obs(seed: int, **extra: object) -> dict:

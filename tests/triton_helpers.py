@@ -82,6 +82,23 @@ def free_udp_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_udp_bound(port: int, timeout: float = 30.0) -> None:
+    """Blocks until a socket is bound to UDP ``port``: the sidecar's QUIC endpoint exists (packets sent to it
+    from then on are queued and served), so a robot may connect."""
+    import time
+
+    suffix = f":{port:04X}"
+    deadline = time.monotonic() + timeout
+    while True:
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            rows = pathlib.Path(table).read_text().splitlines()[1:] if os.path.exists(table) else []
+            if any(row.split()[1].endswith(suffix) for row in rows):
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing bound UDP port {port} within {timeout} s")
+        time.sleep(0.05)
+
+
 def processes_mentioning(text: str) -> list[int]:
     """Pids whose command line contains ``text`` (what a test started and expects gone)."""
     pids = []

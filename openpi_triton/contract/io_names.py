@@ -16,6 +16,8 @@ ACTION_PROMPT = "action_prompt"
 # size, and the BLS's execute start and end (NaN when no BLS was in front).
 MODEL_TIMING = "model_timing"
 MODEL_TIMING_FIELDS = ("execute_start_s", "execute_end_s", "compute_ms", "batch_size", "bls_start_s", "bls_end_s")
+# The report on an observation's ``rtc`` request (JSON text, one per row): the response's ``rtc`` key.
+RTC_ECHO = "rtc_echo"
 
 # openpi-flash's modes of the action slot (``obs["mode"]``); empty or absent is ``default``.
 MODES = ("default", "subtask_only", "action_only")

@@ -83,13 +83,16 @@ class ActionModel:
         if not all(np.all(np.isfinite(a)) for a in actions):
             # Never hand a controller inf/NaN; the robot learns it from the error instead.
             return backend.internal("the model produced non-finite actions for this observation")
-        return pb_utils.InferenceResponse(
-            [
-                backend.float_tensor(io_spec.ACTIONS, actions),
-                backend.float_tensor(io_spec.POLICY_INFER_MS, [[ms]] * len(prepared)),
-                self._timing(len(prepared), ms),
-            ]
-        )
+        outputs = [
+            backend.float_tensor(io_spec.ACTIONS, actions),
+            backend.float_tensor(io_spec.POLICY_INFER_MS, [[ms]] * len(prepared)),
+            self._timing(len(prepared), ms),
+        ]
+        echoes = [self.policy.rtc_echo(item, a) for item, a in zip(prepared, actions, strict=True)]
+        if any(e is not None for e in echoes):  # robots that send no ``rtc`` see no new output
+            reports = [json.dumps(e if e is not None else {"applied": False}) for e in echoes]
+            outputs.append(backend.string_tensor(io_spec.RTC_ECHO, reports))
+        return pb_utils.InferenceResponse(outputs)
 
     def _timing(self, rows: int, ms: float) -> Any:
         nan = float("nan")

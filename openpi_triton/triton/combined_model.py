@@ -27,7 +27,7 @@ from openpi_triton.triton import backend, inherit, io_spec, served_config
 from openpi_triton.triton.model_params import CombinedParams
 
 PLANNER_OUTPUTS = [io_spec.SUBTASK, io_spec.SUBTASK_MS, io_spec.ACTION_PROMPT]
-ACTION_OUTPUTS = [io_spec.ACTIONS, io_spec.POLICY_INFER_MS, io_spec.MODEL_TIMING]
+ACTION_OUTPUTS = [io_spec.ACTIONS, io_spec.POLICY_INFER_MS, io_spec.MODEL_TIMING, io_spec.RTC_ECHO]
 # The BLS's own execute start and end in model_timing (after the action model's four fields).
 BLS_TIMING = slice(4, 6)
 
@@ -110,6 +110,9 @@ class CombinedModel:
         timing = np.array(pb_utils.get_output_tensor_by_name(action, io_spec.MODEL_TIMING).as_numpy(), np.float64)
         timing[:, BLS_TIMING] = (started, time.time())
         outputs.append(pb_utils.Tensor(io_spec.MODEL_TIMING, timing))
+        echo = pb_utils.get_output_tensor_by_name(action, io_spec.RTC_ECHO)
+        if echo is not None:  # only for requests that sent ``rtc``
+            outputs.append(echo)
         if subtask is not None:
             texts, ms, _ = subtask
             outputs += [backend.string_tensor(io_spec.SUBTASK, texts), backend.float_tensor(io_spec.SUBTASK_MS, ms)]

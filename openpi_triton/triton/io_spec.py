@@ -6,8 +6,12 @@ Conventions (all robot-facing tensors carry the batch dimension first; ``max_bat
   float images are converted to uint8 by the client side (openpi's ``(255 * x).astype(uint8)``);
 - state ``<key path>``: FP64 ``[width]`` (float64 keeps pi0.5's state bins bit-identical to openpi);
 - ``prompt``: BYTES ``[1]`` UTF-8, optional; ``noise``: FP32 ``[action_horizon, 32]``, optional;
+- ``rtc.*`` (the observation's optional ``rtc`` key, docs/rtc.md): ``rtc.prev_actions`` FP32 ``[-1, robot action
+  dim]``, ``rtc.inference_delay`` / ``rtc.guided_horizon`` INT32 ``[1]``, ``rtc.max_guidance_weight`` FP32 ``[1]``,
+  ``rtc.schedule`` / ``rtc.mode`` BYTES ``[1]``, all optional;
 - out: ``actions`` FP32 ``[action_horizon, robot action dim]``, ``policy_infer_ms`` FP32 ``[1]``, ``model_timing``
-  FP64 ``[6]`` (where the time went, see ``contract.io_names``).
+  FP64 ``[6]`` (where the time went, see ``contract.io_names``), and ``rtc_echo`` BYTES ``[1]`` (JSON) only for
+  requests that sent ``rtc``.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from openpi_triton.contract.io_names import (  # noqa: F401 - the models' names,
     NOISE,
     POLICY_INFER_MS,
     PROMPT,
+    RTC_ECHO,
     SUBTASK,
     SUBTASK_MS,
 )
+from openpi_triton.domain import rtc
 from openpi_triton.domain.configs import PolicyConfig
 from openpi_triton.tensor_names import tensor_name
 
@@ -63,11 +69,28 @@ def observation_inputs(config: PolicyConfig, *, all_images_optional: bool = Fals
     return specs
 
 
+def rtc_inputs(config: PolicyConfig) -> list[TensorSpec]:
+    """The ``rtc`` request's fields; ``prev_actions`` has as many rows as the robot has left (<= horizon)."""
+    types = {
+        rtc.PREV_ACTIONS: ("TYPE_FP32", (-1, config.embodiment.action_dim)),
+        rtc.INFERENCE_DELAY: ("TYPE_INT32", (1,)),
+        rtc.GUIDED_HORIZON: ("TYPE_INT32", (1,)),
+        rtc.MAX_GUIDANCE_WEIGHT: ("TYPE_FP32", (1,)),
+        rtc.SCHEDULE: ("TYPE_STRING", (1,)),
+        rtc.MODE: ("TYPE_STRING", (1,)),
+    }
+    return [
+        TensorSpec(tensor_name((rtc.RTC_KEY, field)), data_type, dims, optional=True)
+        for field, (data_type, dims) in types.items()
+    ]
+
+
 def action_inputs(config: PolicyConfig) -> list[TensorSpec]:
     return [
         *observation_inputs(config),
         TensorSpec(PROMPT, "TYPE_STRING", (1,), optional=True),
         TensorSpec(NOISE, "TYPE_FP32", (config.action_horizon, config.action_dim), optional=True),
+        *rtc_inputs(config),
     ]
 
 
@@ -76,6 +99,7 @@ def action_outputs(config: PolicyConfig) -> list[TensorSpec]:
         TensorSpec(ACTIONS, "TYPE_FP32", (config.action_horizon, config.embodiment.action_dim)),
         TensorSpec(POLICY_INFER_MS, "TYPE_FP32", (1,)),
         TensorSpec(MODEL_TIMING, "TYPE_FP64", (len(MODEL_TIMING_FIELDS),)),
+        TensorSpec(RTC_ECHO, "TYPE_STRING", (1,)),
     ]
 
 

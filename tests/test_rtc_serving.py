@@ -1,0 +1,136 @@
+"""RTC through every layer: the unchanged openpi-client over WebSocket, our FlashTransportPolicy over QUIC, and
+direct gRPC to ``action`` and ``combined_ensemble``, against a real tritonserver serving the embedded default."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+from openpi_triton.domain.embodiments import EMBODIMENTS
+from openpi_triton.flash_client import FlashTransportPolicy
+from openpi_triton.sidecar import SidecarSupervisor
+from openpi_triton.triton.launcher import TritonServer
+from tests.conftest import BridgeProcess
+from tests.triton_helpers import free_udp_port, infer_inputs, wait_udp_bound
+
+HORIZON, START, DELAY = 50, 25, 5
+
+
+def observation(seed: int, **extra: Any) -> dict[str, Any]:
+    obs = EMBODIMENTS["aloha"].example(np.random.default_rng(seed), "fold the towel")
+    noise = np.random.default_rng(700 + seed).standard_normal((HORIZON, 32)).astype(np.float32)
+    return {**obs, "noise": noise, **extra}
+
+
+def frozen_distance(actions: np.ndarray, prev: np.ndarray) -> float:
+    return float(np.abs(np.asarray(actions)[:DELAY] - prev[:DELAY]).max())
+
+
+def check_rtc_round_trip(infer: Any, mode: str) -> None:
+    """An earlier answer's tail sent back as ``rtc``: the frozen rows land on it, and the echo says so."""
+    earlier = np.asarray(infer(observation(1, mode=mode))["actions"])
+    prev = earlier[START:]
+    plain = infer(observation(2, mode=mode))
+    assert "rtc" not in plain  # robots that send no rtc see nothing new
+    rtc = {"prev_actions": prev, "inference_delay": DELAY}
+    guided = infer(observation(2, mode=mode, rtc=rtc))
+    assert frozen_distance(guided["actions"], prev) < 0.1 * frozen_distance(plain["actions"], prev)
+    report = guided["rtc"]
+    assert report["applied"] is True and report["inference_delay"] == DELAY
+    assert report["guided_horizon"] == HORIZON - START and report["mode"] == "vjp" and report["schedule"] == "exp"
+    assert report["prefix_max_abs_err"] == pytest.approx(frozen_distance(guided["actions"], prev), rel=1e-4)
+    if mode == "default":
+        assert set(guided["subtask"]) == {"text", "ms"}
+
+
+@pytest.mark.parametrize("mode", ["action_only", "default"])
+def test_websocket_robot_with_rtc_gets_a_chunk_pinned_to_its_previous_one(bridge: BridgeProcess, mode: str) -> None:
+    robot = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
+    check_rtc_round_trip(robot.infer, mode)
+
+
+def test_websocket_rtc_errors_name_the_field(bridge: BridgeProcess) -> None:
+    prev = np.zeros((10, 14))
+    cases = [
+        ({"prev_actions": np.zeros((10, 7)), "inference_delay": 2}, r"'rtc/prev_actions': expected value of shape"),
+        ({"prev_actions": prev, "inference_delay": 2.5}, r"'rtc/inference_delay': expected whole numbers"),
+        ({"prev_actions": prev, "inference_delay": 11}, r"11 ticks but 'rtc/prev_actions' has only 10 rows"),
+        ({"prev_actions": prev, "inference_delay": 2, "schedule": "cosine"}, r"'rtc/schedule': expected one of"),
+        ({"prev_actions": prev, "inference_delay": 2, "delay": 1}, r"unknown input 'rtc/delay'"),
+    ]
+    for rtc, message in cases:  # the server closes a connection after an error, as openpi's does
+        robot = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
+        with pytest.raises(RuntimeError, match=message):
+            robot.infer(observation(3, mode="action_only", rtc=rtc))
+    robot = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
+    assert robot.infer(observation(3, mode="action_only"))["actions"].shape == (HORIZON, 14)
+
+
+@pytest.fixture(scope="module")
+def quic_port(bridge: BridgeProcess) -> Iterator[int]:
+    port = free_udp_port()
+    supervisor = SidecarSupervisor("action", port, bridge.action_socket).start()
+    try:
+        wait_udp_bound(port)
+        yield port
+    finally:
+        supervisor.stop()
+
+
+def test_quic_robot_with_rtc_gets_the_same_pinned_chunk(quic_port: int, bridge: BridgeProcess) -> None:
+    robot = FlashTransportPolicy("127.0.0.1", port=quic_port, local_port=0)
+    try:
+        check_rtc_round_trip(robot.infer, "action_only")
+        # Same answer as over WebSocket, echo included (nested scalars travel in LocalFrame's JSON).
+        ws = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
+        rtc = {"prev_actions": np.linspace(-1, 1, 20 * 14).reshape(20, 14), "inference_delay": 3, "mode": "identity"}
+        via_quic = robot.infer(observation(4, mode="action_only", rtc=rtc))
+        via_ws = ws.infer(observation(4, mode="action_only", rtc=rtc))
+        np.testing.assert_array_equal(via_quic["actions"], via_ws["actions"])
+        assert via_quic["rtc"] == via_ws["rtc"] and via_quic["rtc"]["mode"] == "identity"
+    finally:
+        robot.close()
+
+
+def rtc_tensors(prev: np.ndarray, delay: int, beta: float | None = None) -> list[grpcclient.InferInput]:
+    """The rtc inputs as a gRPC client (or perf_analyzer) sends them: batch first, scalars as [1, 1]."""
+    values: dict[str, tuple[np.ndarray, str]] = {
+        "rtc.prev_actions": (prev.astype(np.float32)[None], "FP32"),
+        "rtc.inference_delay": (np.array([[delay]], np.int32), "INT32"),
+    }
+    if beta is not None:
+        values["rtc.max_guidance_weight"] = (np.array([[beta]], np.float32), "FP32")
+    tensors = []
+    for name, (array, dtype) in values.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), dtype)
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
+
+
+@pytest.mark.parametrize(
+    ("model", "mode"), [("action", None), ("combined_ensemble", "action_only"), ("combined_ensemble", "default")]
+)
+def test_grpc_clients_send_rtc_as_optional_inputs(triton_server: TritonServer, model: str, mode: str | None) -> None:
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    obs = observation(5)
+    noise = obs.pop("noise")
+    extra: dict[str, Any] = {"noise": noise} if mode is None else {"noise": noise, "mode": mode}
+    base = infer_inputs(obs, extra)
+    earlier = client.infer(model, infer_inputs(observation(6), {"noise": noise})).as_numpy("actions")[0]
+    prev = earlier[START:]
+    plain = client.infer(model, base)
+    assert plain.as_numpy("rtc_echo") is None
+    guided = client.infer(model, base + rtc_tensors(prev, DELAY, beta=5.0))
+    actions = guided.as_numpy("actions")[0]
+    assert frozen_distance(actions, prev) < 0.1 * frozen_distance(plain.as_numpy("actions")[0], prev)
+    report = json.loads(guided.as_numpy("rtc_echo").reshape(-1)[0])
+    assert report["applied"] is True and report["max_guidance_weight"] == 5.0
+    if mode == "default":
+        assert guided.as_numpy("subtask") is not None
