@@ -36,7 +36,7 @@ PROMPTS = (
     "transfer the cube to the left arm",
     "wipe the table with the sponge",
 )
-_NUMPY_TYPES = {"TYPE_UINT8": np.uint8, "TYPE_FP64": np.float64, "TYPE_FP32": np.float32}
+_NUMPY_TYPES = {"TYPE_UINT8": np.uint8, "TYPE_FP64": np.float64, "TYPE_FP32": np.float32, "TYPE_INT32": np.int32}
 
 
 def scene_image(rng: np.random.Generator, height: int, width: int, step: int) -> np.ndarray:
@@ -108,6 +108,7 @@ class InputDataOptions:
     image_size: tuple[int, int] = (224, 224)
     noise: bool = False  # the optional `noise` input: reproducible calls, same compute
     mode: str | None = None  # combined_ensemble's optional `mode` (None: not sent = default)
+    rtc_delay: int | None = None  # an `rtc` request (half a chunk left, this delay in ticks): RTC's cost
     seed: int = 0
 
 
@@ -123,6 +124,10 @@ def input_data(options: InputDataOptions) -> dict[str, Any]:
             flat[io_spec.NOISE] = rng.standard_normal((config.action_horizon, config.action_dim))
         if options.mode is not None and io_spec.MODE in specs:
             flat[io_spec.MODE] = options.mode
+        if options.rtc_delay is not None:
+            remainder = config.action_horizon - config.action_horizon // 2
+            flat["rtc.prev_actions"] = rng.uniform(-1.0, 1.0, (remainder, config.embodiment.action_dim))
+            flat["rtc.inference_delay"] = [options.rtc_delay]
         # Only what the model declares: the planner takes no state, some cameras may be unused.
         entries.append({name: _tensor_entry(specs[name], value) for name, value in flat.items() if name in specs})
     return {"data": entries}
@@ -141,9 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"))
     parser.add_argument("--noise", action="store_true", help="also send the optional noise input")
     parser.add_argument("--mode", choices=io_spec.MODES, help="combined_ensemble mode input")
+    parser.add_argument("--rtc-delay", type=int, help="also send an rtc request with this inference delay (ticks)")
     parser.add_argument("--out", type=pathlib.Path, required=True)
     args = parser.parse_args(argv)
-    options = InputDataOptions(args.config, args.model, args.entries, tuple(args.image_size), args.noise, args.mode)
+    options = InputDataOptions(
+        args.config, args.model, args.entries, tuple(args.image_size), args.noise, args.mode, args.rtc_delay
+    )
     write_input_data(args.out, options)
     print(f"wrote {args.entries} entries for {args.model} ({args.config}) to {args.out}", file=sys.stderr)
     return 0

@@ -112,3 +112,11 @@ def test_fleet_writes_results_with_the_openpi_server_baseline(
     assert "openpi-server" in (tmp_path / "fleet.md").read_text()
     assert any(g.met is not None for g in goals)  # the 1-robot latency goal is judged
     assert json.loads((tmp_path / "fleet_goals.json").read_text())
+
+
+def test_input_data_can_carry_an_rtc_request() -> None:
+    data = input_data(InputDataOptions("pi05_aloha", "combined_ensemble", entries=1, rtc_delay=5))
+    entry = data["data"][0]
+    assert entry["rtc.prev_actions"]["shape"] == [25, 14]
+    assert entry["rtc.inference_delay"]["shape"] == [1]
+    assert np.frombuffer(base64.b64decode(entry["rtc.inference_delay"]["content"]["b64"]), "<i4").tolist() == [5]
