@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         for d in args.delays
     }
     report = {
-        "command": "python -m perf.rtc " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python -m perf.rtc", *(argv if argv is not None else sys.argv[1:])]),
         "date": today.isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, CPU only",
         "setup": {

@@ -16,6 +16,7 @@ from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.flash_client import FlashTransportPolicy
 from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import TritonServer
+from perf.rtc_sim import plan_deviations, run_control_loop
 from tests.conftest import BridgeProcess
 from tests.triton_helpers import free_udp_port, infer_inputs, wait_udp_bound
 
@@ -134,3 +135,19 @@ def test_grpc_clients_send_rtc_as_optional_inputs(triton_server: TritonServer, m
     assert report["applied"] is True and report["max_guidance_weight"] == 5.0
     if mode == "default":
         assert guided.as_numpy("subtask") is not None
+
+
+def test_the_async_executor_wraps_the_quic_client_too(quic_port: int) -> None:
+    fixed = observation(8, mode="action_only")
+
+    def at_tick(state: np.ndarray, tick: int) -> dict[str, Any]:
+        return {**fixed, "state": state}
+
+    robot = FlashTransportPolicy("127.0.0.1", port=quic_port, local_port=0)
+    try:
+        result = run_control_loop(robot, at_tick, np.zeros(14), ticks=60, delay_ticks=4, execution_horizon=25, rtc=True)
+    finally:
+        robot.close()
+    assert [s.tick for s in result.switches] == [29, 54]
+    assert all(s.rtc is not None and s.rtc["applied"] for s in result.switches)
+    assert plan_deviations(result).max() < 1.0
