@@ -149,13 +149,20 @@ def test_the_validators_reject_unknown_fields() -> None:
         assert done.returncode == 1 and 'unknown field "replicas"' in done.stdout, done.stdout
 
 
-def test_a_bad_autoscaling_engine_is_refused_by_name() -> None:
-    done = subprocess.run(
-        [_tool(HELM), "template", RELEASE, str(CHART), "--kube-version", K8S_VERSION, "--set=autoscaling.engine=cpu"],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode != 0 and 'autoscaling.engine: expected prometheus-adapter or keda, got "cpu"' in done.stderr
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("model.dtype=fp16", "at '/model/dtype': value must be one of 'bfloat16', 'float32'"),
+        ("autoscaling.engine=cpu", "at '/autoscaling/engine': value must be one of 'prometheus-adapter', 'keda'"),
+        ("model.instanses=2", "at '/model': additional properties 'instanses' not allowed"),
+        ("model.batchBuckets=1;2", "at '/model/batchBuckets'"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_value(setting: str, message: str) -> None:
+    """values.schema.json: helm refuses the install before anything renders."""
+    command = [_tool(HELM), "template", RELEASE, str(CHART), "--kube-version", K8S_VERSION, f"--set={setting}"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode != 0 and message in done.stderr, done.stderr
 
 
 # --- Triton pods -----------------------------------------------------------------------------------------
