@@ -3,6 +3,7 @@ direct gRPC to ``action`` and ``combined_ensemble``, against a real tritonserver
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -151,3 +152,47 @@ def test_the_async_executor_wraps_the_quic_client_too(quic_port: int) -> None:
     assert [s.tick for s in result.switches] == [29, 54]
     assert all(s.rtc is not None and s.rtc["applied"] for s in result.switches)
     assert plan_deviations(result).max() < 1.0
+
+
+def test_an_empty_remainder_over_websocket_is_plain_sampling_reported_as_not_applied(bridge: BridgeProcess) -> None:
+    robot = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
+    plain = robot.infer(observation(9, mode="action_only"))
+    empty = robot.infer(
+        observation(9, mode="action_only", rtc={"prev_actions": np.zeros((0, 14)), "inference_delay": 0})
+    )
+    np.testing.assert_array_equal(empty["actions"], plain["actions"])
+    assert empty["rtc"]["applied"] is False and empty["rtc"]["prefix_max_abs_err"] == 0.0
+
+
+def test_concurrent_robots_with_and_without_rtc_each_get_their_own_answer(triton_server: TritonServer) -> None:
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    prev = np.random.default_rng(3).uniform(-1, 1, size=(HORIZON - START, 14))
+
+    def request(seed: int) -> list[grpcclient.InferInput]:
+        obs = observation(seed)
+        noise = obs.pop("noise")
+        inputs = infer_inputs(obs, {"noise": noise})
+        return inputs + rtc_tensors(prev, DELAY) if seed % 2 == 0 else inputs
+
+    def stats() -> tuple[int, int]:
+        model = client.get_inference_statistics("action", as_json=True)["model_stats"][0]
+        return int(model.get("inference_count", 0)), int(model.get("execution_count", 0))
+
+    seeds = list(range(30, 38))
+    alone = {s: client.infer("action", request(s)).as_numpy("actions") for s in seeds}
+    before = stats()
+
+    def robot(seed: int) -> list[np.ndarray]:
+        own = grpcclient.InferenceServerClient(triton_server.grpc_url)
+        try:
+            return [own.infer("action", request(seed)).as_numpy("actions") for _ in range(3)]
+        finally:
+            own.close()
+
+    with concurrent.futures.ThreadPoolExecutor(len(seeds)) as pool:
+        results = dict(zip(seeds, pool.map(robot, seeds), strict=True))
+    after = stats()
+    for seed in seeds:
+        for actions in results[seed]:
+            assert np.abs(actions - alone[seed]).max() < 1e-4, seed
+    assert after[1] - before[1] < after[0] - before[0], "no batching happened"
