@@ -10,7 +10,7 @@ import sys
 from pydantic import ValidationError
 
 from openpi_bridge.app import serve_forever
-from openpi_bridge.config import load_config
+from openpi_triton.bridge_config import load_config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,13 +12,13 @@ from typing import Any
 import uvicorn
 
 from openpi_bridge.admin import create_admin_app
-from openpi_bridge.config import BridgeConfig
 from openpi_bridge.local_socket import LocalSocketEndpoint
 from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.slots import ActionSlot, PlannerSlot, RuntimeConfig, Slot
 from openpi_bridge.triton_discovery import DnsDiscovery
 from openpi_bridge.triton_gateway import TritonGateway
 from openpi_bridge.websocket_server import WebSocketEndpoint
+from openpi_triton.bridge_config import BridgeConfig
 
 logger = logging.getLogger("openpi_bridge")
 

@@ -128,8 +128,9 @@ class Supervisor:
     The thread spawns the child, waits until it is ready, waits for it to exit, and starts it again after a
     :class:`Backoff` delay, logging one line for each exit and for each recovery. A child that fails before it
     was ready the first time is not restarted (a configuration error, reported by :meth:`wait_first_ready`);
-    after that, every exit is restarted. The same thread spawns and waits, so PDEATHSIG (see :func:`spawn`)
-    ties the child to this supervisor's lifetime.
+    after that, every exit is restarted, unless ``restart`` is False: then the first exit ends the supervision
+    (:attr:`gone` is set, :attr:`failure` says why) for its owner to act on. The same thread spawns and waits,
+    so PDEATHSIG (see :func:`spawn`) ties the child to this supervisor's lifetime.
     """
 
     def __init__(
@@ -137,12 +138,12 @@ class Supervisor:
         child: Child,
         backoff: Backoff = Backoff(),
         log: Callable[[str], None] | None = None,
-        restart_before_ready: bool = False,
+        restart: bool = True,
     ) -> None:
         self.child = child
         self.backoff = backoff
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-        self.restart_before_ready = restart_before_ready
+        self.restart = restart
         self.process: subprocess.Popen[Any] | None = None
         self.restarts = 0
         self.failure: str | None = None
@@ -155,6 +156,11 @@ class Supervisor:
     def start(self) -> Supervisor:
         self._thread.start()
         return self
+
+    @property
+    def gone(self) -> bool:
+        """The supervision ended by itself: a failed first start, or an exit with ``restart`` off."""
+        return self._done.is_set() and not self._stop.is_set()
 
     def wait_first_ready(self, cancel: threading.Event | None = None) -> bool:
         """True once the child was ready; False if ``cancel`` was set first; raises :class:`SupervisorError`
@@ -182,9 +188,12 @@ class Supervisor:
                 code = self._run_once()
                 if self._stop.is_set():
                     return
-                if not (self._ever_ready.is_set() or self.restart_before_ready):
+                if not self._ever_ready.is_set():
                     exited = f"{self.child.name} exited ({describe_exit(code)}) before it was ready"
                     self.failure = self.failure or exited
+                    return
+                if not self.restart:
+                    self.failure = f"{self.child.name} exited ({describe_exit(code)})"
                     return
                 delay = self.backoff.next_delay(delay, time.monotonic() - started)
                 self.restarts += 1

@@ -5,15 +5,14 @@ the bridge (WebSocket upgrades and the admin API) and a token on the QUIC sideca
 model repository is a private copy of ``model_repository/`` so that nothing edited in the checkout meanwhile
 reloads a model in the middle of an attack (Triton runs in poll mode under the stack).
 
-Readiness is asked of the servers themselves: Triton's ``/v2/health/ready``, the bridge's ``GET /healthz`` on
-both WebSocket ports, the admin ``/health``; the QUIC sidecars are ready when a witness robot connects through
-them (``perf.attack_witness``). The stack's processes are found through ``/proc`` (its process tree).
+Readiness is the stack's explicit ready signal (``--ready-file``: every role serves, the QUIC sidecars' ports
+bound) and what the servers answer: Triton's ``/v2/health/ready``, the bridge's ``GET /healthz`` on both
+WebSocket ports, the admin ``/health``. The stack's processes are found through ``/proc`` (its process tree).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import json
 import os
 import pathlib
@@ -24,8 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 
+from openpi_triton.readiness import http_status, wait_until
 from openpi_triton.triton.launcher import free_ports
 from perf.soak import _cmdline, _proc_children, rss_bytes
 
@@ -65,6 +64,11 @@ class Stack:
     @property
     def action_socket(self) -> pathlib.Path:
         return pathlib.Path(self.config["action_transport"]["unix_socket_path"])
+
+    @property
+    def ready_file(self) -> pathlib.Path:
+        """Written by the stack once every role serves (its explicit ready signal)."""
+        return self.workdir / "ready"
 
     @property
     def auth_header(self) -> dict[str, str]:
@@ -114,7 +118,7 @@ def start_stack(results: pathlib.Path) -> Stack:
     command = [
         sys.executable, "-m", "openpi_triton.stack", "--model-repository", str(repository),
         "--bridge-config", str(workdir / "bridge.json"), "--http-port", str(ports.http),
-        "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics),
+        "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics), "--ready-file", str(workdir / "ready"),
     ]  # fmt: skip
     with open(log, "ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
@@ -122,18 +126,6 @@ def start_stack(results: pathlib.Path) -> Stack:
 
 
 # ------------------------------------------------------------------------------------------------ readiness
-
-
-def http_status(port: int, path: str, headers: dict[str, str] | None = None, timeout_s: float = 3.0) -> int:
-    """Status of ``GET path`` on loopback, 0 when nothing answers."""
-    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout_s)
-    try:
-        connection.request("GET", path, headers=headers or {})
-        return connection.getresponse().status
-    except (OSError, http.client.HTTPException):
-        return 0
-    finally:
-        connection.close()
 
 
 def stack_ready(stack: Stack) -> bool:
@@ -146,20 +138,18 @@ def stack_ready(stack: Stack) -> bool:
     )
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, stack: Stack | None = None) -> float:
-    """Polls ``condition`` until true; raises when the stack exits or time runs out. Returns the seconds taken."""
-    began = time.monotonic()
-    while not condition():
-        if stack is not None and not stack.alive():
-            raise RuntimeError(f"the stack exited with {stack.process.returncode} while waiting for {what}")
-        if time.monotonic() - began > timeout_s:
-            raise TimeoutError(f"{what} not within {timeout_s:.0f} s")
-        time.sleep(0.5)  # polling interval of a readiness check, not a wait for readiness itself
-    return time.monotonic() - began
-
-
 def wait_ready(stack: Stack, timeout_s: float) -> float:
-    return wait_until(lambda: stack_ready(stack), timeout_s, "the stack's health endpoints", stack)
+    """Until the stack's ready signal and its health endpoints; raises when it exits first. Returns the seconds."""
+
+    def exited() -> str | None:
+        return None if stack.alive() else f"the stack exited with {stack.process.returncode}"
+
+    def ready() -> bool:
+        return stack.ready_file.exists() and stack_ready(stack)
+
+    began = time.monotonic()
+    wait_until(ready, timeout_s, "the stack's ready signal and health endpoints", unless=exited, interval_s=0.5)
+    return time.monotonic() - began
 
 
 # ------------------------------------------------------------------------------------------------ processes

@@ -1,9 +1,11 @@
 """The servers a fleet benchmark talks to, started together and stopped together.
 
-- our stack: tritonserver (``action`` on the served model, dynamic batching, unless a running Triton is given),
-  the bridge (action slot only: WebSocket + sidecar socket) and one QUIC sidecar (``openpi-flash-transport server``);
+- our stack, through the orchestrator (``openpi_triton.orchestrator``): tritonserver (``action`` on the served
+  model, dynamic batching, unless a running Triton is given), the bridge (action slot only: WebSocket + sidecar
+  socket) and, for QUIC, one sidecar (``openpi-flash-transport server``), each waited for by its readiness;
   with ``ensemble`` the bridge's action slot calls ``combined_ensemble`` (the BLS) in front of ``action``;
-- the baseline: openpi's ``WebsocketPolicyServer`` in its own process (``perf.baseline_server``).
+- the baseline: openpi's ``WebsocketPolicyServer`` in its own process (``perf.baseline_server``), ready once
+  its port accepts a connection (it listens only once its policy is loaded).
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ import contextlib
 import json
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from typing import IO
 
-from openpi_triton.processes import stop_process
-from openpi_triton.triton.launcher import TritonServer, free_ports
+from openpi_triton.orchestrator import Orchestrator, TritonRole
+from openpi_triton.processes import SupervisorError, stop_process
+from openpi_triton.readiness import accepts_tcp, wait_until
+from openpi_triton.triton.launcher import free_ports
 from perf.repository import RepositoryVariant, benchmark_server_options, build_repository
 from perf.robots import Endpoint
 from perf.served_model import ServedModel
@@ -29,40 +31,37 @@ from perf.served_model import ServedModel
 HOST = "127.0.0.1"
 
 
-def _wait_for_tcp(process: subprocess.Popen[bytes], port: int, log: pathlib.Path, timeout: float, what: str) -> None:
-    """Until ``port`` accepts a connection (openpi's server listens only once its policy is loaded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((HOST, port), timeout=2):
-                return
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-3000:]
-            state = (
-                f"exited with {process.returncode}" if process.poll() is not None else f"not ready in {timeout:.0f} s"
-            )
-            raise RuntimeError(f"{what} {state} (log {log}):\n{tail}")
-        time.sleep(0.2)
+def _start_baseline(model: ServedModel, logs: pathlib.Path) -> tuple[subprocess.Popen[bytes], Endpoint]:
+    (port,) = free_ports(1)
+    with open(logs / "openpi_server.log", "wb") as out:
+        command = [sys.executable, "-m", "perf.baseline_server", "--port", str(port), *model.baseline_args()]
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    return process, Endpoint(HOST, port)
 
 
-def _wait_for_bridge(bridge: subprocess.Popen[bytes], port: int, socket_path: pathlib.Path, log: pathlib.Path) -> None:
-    """Until the bridge's WebSocket port answers ``GET /healthz`` (200, or 503 before Triton is ready) and its
-    sidecar socket exists: what its supervisor sees, not a line in its log."""
-    from perf.attack_stack import http_status
+def _wait_for_baseline(process: subprocess.Popen[bytes], port: int, log: pathlib.Path, timeout_s: float) -> None:
+    def exited() -> str | None:
+        return None if process.poll() is None else f"openpi-server exited with {process.returncode}"
 
-    deadline = time.monotonic() + 120
-    while not (http_status(port, "/healthz") in (200, 503) and socket_path.is_socket()):
-        if bridge.poll() is not None or time.monotonic() > deadline:
-            state = f"exited with {bridge.returncode}" if bridge.poll() is not None else "not listening in 120 s"
-            raise RuntimeError(f"the bridge {state} (log {log}):\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.1)
+    try:
+        wait_until(lambda: accepts_tcp(port), timeout_s, f"openpi-server on port {port}", unless=exited)
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"{exc} (log {log}):\n{log.read_text(errors='replace')[-3000:]}") from None
 
 
-def _spawn(args: Sequence[str], log: pathlib.Path) -> subprocess.Popen[bytes]:
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT)
+def _bridge_config(work: pathlib.Path, triton_url: str, ensemble: bool) -> tuple[pathlib.Path, dict]:
+    """The action slot only (on ``combined_ensemble`` with ``ensemble``), on free ports, no admin API."""
+    ws, quic = free_ports(2)
+    config = {
+        "action": {"model": "combined_ensemble"} if ensemble else {},
+        "host": HOST,
+        "admin": {"enabled": False},
+        "action_transport": {"websocket_port": ws, "quic_port": quic, "unix_socket_path": str(work / "action.sock")},
+        "triton": {"url": triton_url},
+    }
+    path = work / "bridge.json"
+    path.write_text(json.dumps(config))
+    return path, config
 
 
 @contextlib.contextmanager
@@ -79,67 +78,48 @@ def fleet_services(
     our stack runs); everything started here is stopped after. ``repository``: the variant to serve (default:
     the served model's parameters on the repository's scheduler settings)."""
     work = pathlib.Path(tempfile.mkdtemp(prefix="perf-fleet-"))
-    server: TritonServer | None = None
-    server_log: IO[str] | None = None
-    processes: list[subprocess.Popen[bytes]] = []
-    sidecar = None
+    outputs: list[IO[str]] = []
+    orchestrator: Orchestrator | None = None
     baseline: subprocess.Popen[bytes] | None = None
     endpoints: dict[str, Endpoint] = {}
     try:
-        ours = [t for t in transports if t != "openpi-server"]
-        if ours and triton_url is None:
-            variant = repository or RepositoryVariant(gpu=model.gpu, parameters=model.parameters())
-            models = ["action", "combined_ensemble"] if ensemble else ["action"]
-            repo = build_repository(work / "repo", variant, models)
-            server_log = open(logs / "triton_fleet.log", "w")  # closed in finally
-            server = TritonServer(benchmark_server_options(repo), log_stream=server_log)
-            server.start()
-            triton_url = server.grpc_url
-        if "openpi-server" in transports:  # starts while Triton warms up
-            (port,) = free_ports(1)
-            baseline = _spawn(
-                ["-m", "perf.baseline_server", "--port", str(port), *model.baseline_args()], logs / "openpi_server.log"
-            )
-            processes.append(baseline)
-            endpoints["openpi-server"] = Endpoint(HOST, port)
-        if server is not None:
-            server.wait_ready(models, timeout=ready_timeout_s)
-        if ours:
-            assert triton_url is not None
+        if "openpi-server" in transports:  # starts first: it loads its policy while Triton warms up
+            baseline, endpoints["openpi-server"] = _start_baseline(model, logs)
+        if [t for t in transports if t != "openpi-server"]:
+            triton = None
+            if triton_url is None:
+                variant = repository or RepositoryVariant(gpu=model.gpu, parameters=model.parameters())
+                models = ("action", "combined_ensemble") if ensemble else ("action",)
+                repo = build_repository(work / "repo", variant, list(models))
+                outputs.append(open(logs / "triton_fleet.log", "w"))  # closed in finally
+                triton = TritonRole(benchmark_server_options(repo), models, ready_timeout_s, log_stream=outputs[-1])
+                triton_url = triton.grpc_url
+            config_path, config = _bridge_config(work, triton_url, ensemble)
+            outputs.append(open(logs / "bridge.log", "w"))
+            roles = ("triton",) if triton is not None else ()
+            roles += ("bridge", "sidecars") if "quic" in transports else ("bridge",)
+            orchestrator = Orchestrator(roles, config_path, triton, bridge_out=outputs[-1])
+            try:
+                orchestrator.start()
+            except SupervisorError as exc:
+                raise RuntimeError(f"{exc} (logs in {logs})") from None
             host, _, grpc_port = triton_url.rpartition(":")
             endpoints["triton"] = Endpoint(host, int(grpc_port), "action")
             if "grpc" in transports:
                 endpoints["grpc"] = Endpoint(host, int(grpc_port), "action")
-            ws, quic = free_ports(2)
-            socket_path = work / "action.sock"
-            config = {
-                "action": {"model": "combined_ensemble"} if ensemble else {},
-                "host": HOST,
-                "admin": {"enabled": False},
-                "action_transport": {"websocket_port": ws, "quic_port": quic, "unix_socket_path": str(socket_path)},
-                "triton": {"url": triton_url},
-            }
-            (work / "bridge.json").write_text(json.dumps(config))
-            bridge = _spawn(["-m", "openpi_bridge", "--config", str(work / "bridge.json")], logs / "bridge.log")
-            processes.append(bridge)
-            _wait_for_bridge(bridge, ws, socket_path, logs / "bridge.log")
-            endpoints["websocket"] = Endpoint(HOST, ws)
+            transport = config["action_transport"]
+            endpoints["websocket"] = Endpoint(HOST, transport["websocket_port"])
             if "quic" in transports:
-                from openpi_triton.sidecar import SidecarSupervisor
-
-                sidecar = SidecarSupervisor("action", quic, socket_path).start()
-                endpoints["quic"] = Endpoint(HOST, quic)
+                endpoints["quic"] = Endpoint(HOST, transport["quic_port"])
         if baseline is not None:
             log = logs / "openpi_server.log"
-            _wait_for_tcp(baseline, endpoints["openpi-server"].port, log, ready_timeout_s, "openpi-server")
+            _wait_for_baseline(baseline, endpoints["openpi-server"].port, log, ready_timeout_s)
         yield {t: e for t, e in endpoints.items() if t in (*transports, "triton")}
     finally:
-        if sidecar is not None:
-            sidecar.stop()
-        for process in processes:
-            stop_process(process, timeout=20)
-        if server is not None:
-            server.stop()
-        if server_log is not None:
-            server_log.close()
+        if orchestrator is not None:
+            orchestrator.close()
+        if baseline is not None:
+            stop_process(baseline, timeout=20)
+        for output in outputs:
+            output.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -33,7 +33,8 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from perf.attack_stack import cleanup_workdir, http_status, start_stack, stop_stack, wait_ready
+from openpi_triton.readiness import http_status
+from perf.attack_stack import cleanup_workdir, start_stack, stop_stack, wait_ready
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from openpi_triton.protocols import local_frame
 from openpi_triton.protocols.local_frame import MessageType
+from openpi_triton.readiness import http_get
 
 
 class SidecarClient:
@@ -47,12 +48,4 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
 
 def healthz(port: int) -> tuple[int, str]:
     """The bridge's ``GET /healthz`` on a WebSocket port: (status, body); (0, "") while nothing listens."""
-    import urllib.error
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
+    return http_get(port, "/healthz", timeout_s=30)

@@ -7,21 +7,20 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
+from openpi_triton.bridge_config import load_config
 from openpi_triton.flash_client import find_binary
 from openpi_triton.native.planner import PlannerOptions, SubtaskPlanner, load_planner
 from openpi_triton.native.policy import NativePolicy, PolicyOptions, load_policy
 from openpi_triton.native.tiny import EmbeddedDefault, ensure_embedded_default
+from openpi_triton.orchestrator import bridge_endpoints_answer
 from openpi_triton.processes import stop_process
+from openpi_triton.readiness import wait_until
 from openpi_triton.triton.launcher import (
     ServerOptions,
     TritonPaths,
@@ -164,48 +163,22 @@ def _launch_bridge(workdir: pathlib.Path) -> subprocess.Popen[bytes]:
         )
 
 
-def _answers_http(port: int, path: str) -> bool:
-    """Any HTTP answer (200, 401, 503...) on 127.0.0.1:port: the endpoint listens."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except OSError:
-        return False
-
-
-def _accepts_unix(path: pathlib.Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.connect(str(path))
-            return True
-        except OSError:
-            return False
-
-
 def bridge_listens(bridge: BridgeProcess) -> bool:
-    """Every endpoint of the bridge's config answers: its WebSocket ports, sidecar sockets and admin port."""
-    config = json.loads((bridge.log.parent / "bridge.json").read_text())
-    checks = []
-    for slot, transport in (("action", "action_transport"), ("planner", "planner_transport")):
-        if config.get(slot, {}) is not None and slot in config:
-            checks.append(lambda t=config[transport]: _answers_http(t["websocket_port"], "/healthz"))
-            checks.append(lambda t=config[transport]: _accepts_unix(pathlib.Path(t["unix_socket_path"])))
-    admin = config.get("admin", {})
-    if admin.get("enabled", True) and admin.get("port"):
-        checks.append(lambda: _answers_http(admin["port"], "/metrics"))
-    return all(check() for check in checks)
+    """Every endpoint of the bridge's config answers, as its supervisor in the stack judges it."""
+    return bridge_endpoints_answer(load_config(bridge.log.parent / "bridge.json"))
 
 
 def _wait_for_bridge(bridge: BridgeProcess) -> None:
     """Until every endpoint answers (the readiness a supervisor sees), or the process dies."""
-    deadline = time.monotonic() + 120
-    while not bridge_listens(bridge):
-        if bridge.process.poll() is not None or time.monotonic() > deadline:
-            bridge.process.kill()
-            raise RuntimeError(f"bridge did not start:\n{bridge.log.read_text()}")
-        time.sleep(0.1)
+
+    def exited() -> str | None:
+        return None if bridge.process.poll() is None else f"the bridge exited ({bridge.process.returncode})"
+
+    try:
+        wait_until(lambda: bridge_listens(bridge), 120, "the bridge's endpoints", unless=exited)
+    except (RuntimeError, TimeoutError) as exc:
+        bridge.process.kill()
+        raise RuntimeError(f"bridge did not start ({exc}):\n{bridge.log.read_text()}") from None
 
 
 def stop_bridge_process(bridge: BridgeProcess) -> None:
@@ -248,6 +221,7 @@ def container_env(tmp_path: pathlib.Path, embedded_default: EmbeddedDefault) -> 
         TRITON_REPOSITORY_POLL_SECS="2",
         TRITON_READY_TIMEOUT="600",
         BRIDGE_CONFIG=str(tmp_path / "bridge.json"),
+        STACK_READY_FILE=str(tmp_path / "ready"),  # the stack's ready signal
         OPENPI_ADMIN__HOST="127.0.0.1",  # the container default (0.0.0.0) is for a published port
         OPENPI_TRITON_HOME=str(embedded_default.root.parent),
         OPENPI_FLASH_TRANSPORT_BINARY=str(find_binary()),

@@ -103,8 +103,7 @@ def test_reload_in_explicit_mode_keeps_every_request_alive(
         robots = [threading.Thread(target=robot) for _ in range(2)]
         for thread in robots:
             thread.start()
-        while len(answered) < 2 and not failures:
-            time.sleep(0.1)
+        wait_until(lambda: len(answered) >= 2 or failures, 120, "both robots answered before the reload")
         started = time.monotonic()
         status, body = _post(reload_url, {"Authorization": f"Api-Key {API_KEY}"})
         finished = time.monotonic()

@@ -11,7 +11,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from openpi_bridge.config import BridgeConfig, load_config
+from openpi_triton.bridge_config import BridgeConfig, load_config
 
 
 def test_defaults_are_openpi_flash_ports(monkeypatch: pytest.MonkeyPatch) -> None:

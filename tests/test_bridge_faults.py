@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import time
 import urllib.error
 import urllib.request
 
@@ -15,7 +14,7 @@ from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 from tests.conftest import start_bridge_process, stop_bridge_process
-from tests.triton_helpers import copy_model
+from tests.triton_helpers import copy_model, wait_until
 
 
 def healthz(port: int) -> int:
@@ -52,10 +51,8 @@ def test_triton_restart_is_survived_and_healthz_tells_the_truth(
         with pytest.raises(RuntimeError, match="Error in inference server"):
             robot.infer(obs)  # a clear error while Triton is down
         server = start()
-        deadline = time.monotonic() + 10  # the bridge's channel reconnects within about a second
-        while healthz(bridge.action_port) != 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert healthz(bridge.action_port) == 200
+        # The bridge's channel reconnects within about a second.
+        wait_until(lambda: healthz(bridge.action_port) == 200, 10, "/healthz 200 again")
         again = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
         for _ in range(3):  # the old shared-memory registrations are gone: the bridge registers again
             assert again.infer(obs)["actions"].shape == (50, 14)
@@ -64,4 +61,3 @@ def test_triton_restart_is_survived_and_healthz_tells_the_truth(
     finally:
         stop_bridge_process(bridge)
         server.stop()
-    time.sleep(0.1)

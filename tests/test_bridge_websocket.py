@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import pathlib
-import time
 import urllib.error
 import urllib.request
 
@@ -21,6 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.triton.launcher import TritonServer
 from tests.conftest import BridgeProcess, start_bridge_process, stop_bridge_process
+from tests.triton_helpers import wait_until
 
 
 def aloha_obs(seed: int, prompt: str = "fold the towel", **extra: object) -> dict:
@@ -259,8 +259,10 @@ def test_images_travel_through_shared_memory_with_identical_results(
 
 def test_bad_connections_leak_no_file_descriptors(bridge: BridgeProcess) -> None:
     fd_dir = pathlib.Path(f"/proc/{bridge.process.pid}/fd")
-    WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)  # settle lazily opened resources
-    time.sleep(0.5)
+    settle = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)  # opens lazily created resources
+    connected = len(list(fd_dir.iterdir()))
+    settle._ws.close()
+    wait_until(lambda: len(list(fd_dir.iterdir())) < connected, 10, "the bridge closes the settling connection")
     before = len(list(fd_dir.iterdir()))
     for index in range(40):
         ws = _raw(bridge)
@@ -271,7 +273,4 @@ def test_bad_connections_leak_no_file_descriptors(bridge: BridgeProcess) -> None
                     ws.recv()
         else:
             ws.close()
-    deadline = time.monotonic() + 10
-    while len(list(fd_dir.iterdir())) > before + 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert len(list(fd_dir.iterdir())) <= before + 2
+    wait_until(lambda: len(list(fd_dir.iterdir())) <= before + 2, 10, f"the bridge back to {before} + 2 fds")

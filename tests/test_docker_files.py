@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.request
 
 import numpy as np
 import pytest
@@ -20,8 +19,10 @@ import yaml
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from openpi_triton.domain.embodiments import EMBODIMENTS
+from openpi_triton.flash_client import FlashTransportPolicy
+from openpi_triton.readiness import http_status, udp_port_bound
 from openpi_triton.triton.launcher import free_ports
-from tests.triton_helpers import processes_mentioning, wait_for_log
+from tests.triton_helpers import processes_mentioning, wait_until
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCKER = REPO_ROOT / "docker"
@@ -115,24 +116,43 @@ def _config(env: dict[str, str]) -> dict:
     return json.loads(pathlib.Path(env["BRIDGE_CONFIG"]).read_text())
 
 
+def _wait_ready(process: subprocess.Popen[bytes], env: dict[str, str], log: pathlib.Path, timeout: float) -> None:
+    """Until the stack's ready signal (every process of the role serves); fails if the entrypoint exits first."""
+    ready = pathlib.Path(env["STACK_READY_FILE"])
+    wait_until(lambda: ready.exists() or process.poll() is not None, timeout, "the stack's ready signal")
+    assert process.poll() is None, log.read_text()[-4000:]
+
+
+def _serving(config: dict, health: int) -> bool:
+    """Every slot's WebSocket port answers /healthz with ``health`` and its sidecar's QUIC port is bound."""
+    slots = ("action_transport", "planner_transport")
+    return all(
+        http_status(config[s]["websocket_port"], "/healthz") == health and udp_port_bound(config[s]["quic_port"])
+        for s in slots
+    )
+
+
 def test_entrypoint_serves_a_robot_and_stops_everything_on_sigterm(
     container_env: dict[str, str], spawn_entrypoint, tmp_path: pathlib.Path
 ) -> None:
     log = tmp_path / "entrypoint.log"
     process = spawn_entrypoint("all", container_env, log)
-    wait_for_log(process, log, "[entrypoint] running: triton watchdog bridge quic:action quic:planner", timeout=600)
     config = _config(container_env)
+    _wait_ready(process, container_env, log, 600)
+    assert _serving(config, health=200), "ready: the bridge serves with Triton behind it, the sidecars listen"
     port = config["action_transport"]["websocket_port"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
-        assert answer.status == 200
 
     health = subprocess.run([str(ENTRYPOINT), "healthcheck"], env=container_env, capture_output=True, timeout=60)
     assert health.returncode == 0, health
 
-    robot = WebsocketClientPolicy(host="127.0.0.1", port=port)
-    result = robot.infer(EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel"))
+    obs = EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel")
+    result = WebsocketClientPolicy(host="127.0.0.1", port=port).infer(obs)
     assert result["actions"].shape == (50, 14) and "subtask" in result
-    wait_for_log(process, log, "[quic:action]", timeout=30)
+    quic = FlashTransportPolicy("127.0.0.1", port=config["action_transport"]["quic_port"], local_port=0)
+    try:
+        assert quic.infer(obs)["actions"].shape == (50, 14), "the QUIC sidecar serves"
+    finally:
+        quic.close()
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143, log.read_text()[-4000:]
@@ -148,14 +168,16 @@ def test_entrypoint_exits_non_zero_when_a_child_dies(
     container_env["OPENPI_TRITON__URL"] = f"127.0.0.1:{free_ports(1)[0]}"
     log = tmp_path / "entrypoint.log"
     process = spawn_entrypoint("bridge", container_env, log)
-    wait_for_log(process, log, "[entrypoint] running: bridge quic:action quic:planner", timeout=120)
+    config = _config(container_env)
+    _wait_ready(process, container_env, log, 120)
+    assert _serving(config, health=503), "ready: the bridge and the sidecars listen, no Triton behind them"
     bridge_env = {**container_env, "OPENPI_ROLE": "bridge"}
     health = subprocess.run([str(ENTRYPOINT), "healthcheck"], env=bridge_env, capture_output=True, timeout=60)
     assert health.returncode != 0, "healthy without a Triton behind the bridge"
 
-    sidecar_pid = int(re.search(r"started quic:planner \(pid (\d+)\)", log.read_text()).group(1))  # type: ignore[union-attr]
+    (sidecar_pid,) = processes_mentioning(f"--backend-socket-path {config['planner_transport']['unix_socket_path']}")
     os.kill(sidecar_pid, signal.SIGKILL)
     code = process.wait(timeout=60)
     assert code != 0, log.read_text()
-    assert "quic:planner exited with status" in log.read_text()
+    assert "planner QUIC sidecar exited (signal 9); stopping the others" in log.read_text()
     assert processes_mentioning(container_env["BRIDGE_CONFIG"]) == [], "the bridge outlived the entrypoint"

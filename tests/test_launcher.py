@@ -6,8 +6,9 @@ import pathlib
 import signal
 
 from openpi_triton.native.tiny import EmbeddedDefault
+from openpi_triton.readiness import http_status
 from openpi_triton.triton.launcher import free_ports
-from tests.triton_helpers import copy_model, processes_mentioning, spawn_module, wait_for_log, wait_until
+from tests.triton_helpers import copy_model, processes_mentioning, spawn_module, wait_until
 
 
 def test_launcher_serves_and_stops_cleanly_on_ctrl_c(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> None:
@@ -33,7 +34,9 @@ def test_launcher_serves_and_stops_cleanly_on_ctrl_c(embedded_default: EmbeddedD
         embedded_default.root.parent,
     )
     try:
-        wait_for_log(proc, log, "tritonserver ready", timeout=300)
+        ready = "/v2/models/action/ready"
+        wait_until(lambda: http_status(http, ready) == 200 or proc.poll() is not None, 300, "action is ready")
+        wait_until(lambda: "[stack] ready." in log.read_text(), 30, "the launcher reports ready")
         assert processes_mentioning(str(repo)), "tritonserver is not running"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 0

@@ -110,15 +110,14 @@ def poll_stack(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> Ite
     repository = _repository(tmp_path)
     config = bridge_config(tmp_path)
     (tmp_path / "bridge.json").write_text(json.dumps(config))
-    args = stack_args(repository, tmp_path / "bridge.json", free_ports(3))
+    ready = tmp_path / "ready"
+    args = stack_args(repository, tmp_path / "bridge.json", free_ports(3), ready_file=ready)
     process = spawn_module("openpi_triton.stack", args, tmp_path / "stack.log", embedded_default.root.parent)
     port = config["action_transport"]["websocket_port"]
     try:
-        deadline = time.monotonic() + 900
-        while healthz(port)[0] != 200:
-            assert process.poll() is None, (tmp_path / "stack.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the stack did not become healthy"
-            time.sleep(0.5)
+        wait_until(lambda: ready.exists() or process.poll() is not None, 900, "the stack's ready signal")
+        assert process.poll() is None, (tmp_path / "stack.log").read_text()[-3000:]
+        assert healthz(port)[0] == 200
         yield repository, port
     finally:
         stop_process(process, timeout=120)  # SIGTERM: the stack stops everything as on Ctrl-C

@@ -30,6 +30,8 @@ from openpi_client import msgpack_numpy
 from openpi_triton.flash_client import FlashTransportPolicy, find_binary
 from openpi_triton.protocols import local_frame
 from openpi_triton.protocols.local_frame import MessageType
+from openpi_triton.readiness import accepts_unix, udp_bound_by
+from tests.triton_helpers import free_udp_port, wait_until
 
 METADATA = {"served_by": "fake-backend"}
 READY_TIMEOUT_S = 30.0
@@ -69,7 +71,7 @@ def sidecar_env() -> dict[str, str]:
 
 
 class Sidecar:
-    """The binary with its log collected; ``wait_for`` blocks until a log line matches (readiness)."""
+    """The binary with its log collected; ``wait_for`` blocks until a log line matches (what it reports)."""
 
     def __init__(self, args: list[str]) -> None:
         self.process = subprocess.Popen(
@@ -102,19 +104,31 @@ class Sidecar:
                     raise AssertionError(f"no log line matching {pattern!r}:\n{''.join(self.lines)}")
                 self._changed.wait(min(left, 0.5))
 
+    def exited(self) -> str | None:
+        return None if self.process.poll() is None else f"the sidecar exited:\n{''.join(self.lines)}"
+
+    def wait_listening(self, port: int) -> None:
+        """Until it holds its UDP socket (a server) ..."""
+        wait_until(lambda: udp_bound_by(self.process.pid, port), READY_TIMEOUT_S, f"UDP {port}", unless=self.exited)
+
+    def wait_accepting(self, path: pathlib.Path) -> None:
+        """... or its local socket accepts a connection (a client)."""
+        wait_until(lambda: accepts_unix(path), READY_TIMEOUT_S, f"a connect to {path}", unless=self.exited)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
 
 
-def server_args(backend: pathlib.Path, *extra: str) -> list[str]:
-    return ["server", "--listen-port", "0", "--backend-socket-path", str(backend), *extra]
+def server_args(backend: pathlib.Path, port: int, *extra: str) -> list[str]:
+    return ["server", "--listen-port", str(port), "--backend-socket-path", str(backend), *extra]
 
 
 def start_server(backend: pathlib.Path, *extra: str) -> tuple[Sidecar, int]:
-    server = Sidecar(server_args(backend, *extra))
-    port = int(server.wait_for(r"Listening for QUIC connections on udp://\S+:(\d+)").group(1))
+    port = free_udp_port()
+    server = Sidecar(server_args(backend, port, *extra))
+    server.wait_listening(port)
     return server, port
 
 
@@ -162,7 +176,7 @@ def test_client_sidecar_answers_broken_local_requests_with_an_error_and_stays_us
     path = local_socket_path()
     client = Sidecar(client_args(server_port, path))
     try:
-        client.wait_for("socket ready")
+        client.wait_accepting(path)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(str(path))
             sock.settimeout(10)
@@ -219,7 +233,8 @@ def test_a_sidecar_exits_by_itself_when_its_parent_is_killed(
     mode: str, server_port: int, backend: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
     path = local_socket_path()
-    args = client_args(server_port, path) if mode == "client" else server_args(backend)
+    port = free_udp_port()
+    args = client_args(server_port, path) if mode == "client" else server_args(backend, port)
     log = tmp_path / "sidecar.log"
     # The parent spawns with a plain Popen (no PDEATHSIG): what is tested is the binary's own watch.
     parent = subprocess.Popen(
@@ -232,17 +247,18 @@ def test_a_sidecar_exits_by_itself_when_its_parent_is_killed(
     try:
         assert parent.stdout is not None
         child_pid = int(parent.stdout.readline())
-        ready = "socket ready" if mode == "client" else "Listening for QUIC connections"
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while ready not in log.read_text():
-            assert time.monotonic() < deadline and not is_gone(child_pid), log.read_text()
-            time.sleep(0.05)
+
+        def ready() -> bool:
+            return accepts_unix(path) if mode == "client" else udp_bound_by(child_pid, port)
+
+        def died() -> str | None:
+            return f"the sidecar exited:\n{log.read_text()}" if is_gone(child_pid) else None
+
+        wait_until(ready, READY_TIMEOUT_S, f"the {mode} sidecar ready", unless=died)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-        started = time.monotonic()
-        while not is_gone(child_pid) and time.monotonic() - started < 8:  # poll 250 ms + a bounded close
-            time.sleep(0.05)
-        assert is_gone(child_pid), f"the {mode} sidecar outlived its parent:\n{log.read_text()}"
+        # Its parent poll (250 ms) and a bounded close.
+        wait_until(lambda: is_gone(child_pid), 8, f"the {mode} sidecar exits with its parent")
         assert "went away" in log.read_text()
         if mode == "client":
             assert not path.exists(), "the client sidecar left its socket behind"

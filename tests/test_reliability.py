@@ -21,7 +21,7 @@ from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 from openpi_triton.triton.watchdog import StubWatchdog, WatchdogOptions
 from tests.conftest import BridgeProcess, restart_bridge_process, start_bridge_process, stop_bridge_process
-from tests.triton_helpers import copy_model, free_udp_port
+from tests.triton_helpers import copy_model, free_udp_port, wait_until
 
 OBS = EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel")
 
@@ -61,23 +61,33 @@ def stub_pids(repository: pathlib.Path, model: str) -> list[int]:
     return [int(pid) for pid in found.stdout.split()]
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time process ``pid`` used so far (all its threads), from /proc: it grows only while it computes."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def test_a_crashing_stub_fails_only_the_request_it_was_running(
     slow_action_stack: tuple[TritonServer, BridgeProcess, StubWatchdog],
 ) -> None:
     server, bridge, watchdog = slow_action_stack
     robot = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
-    started = time.monotonic()
-    assert robot.infer(OBS)["actions"].shape == (50, 14)
-    duration = time.monotonic() - started
     (stub,) = stub_pids(server.options.model_repository, "action")
-    deadline = time.monotonic() + 30
-    while not watchdog.watched_stubs("action") and time.monotonic() < deadline:
-        time.sleep(0.1)  # the fault comes after the watchdog knows the stub, as in a long-running stack
+    before = cpu_seconds(stub)
+    assert robot.infer(OBS)["actions"].shape == (50, 14)
+    # What one request costs the stub: the kill comes a third of the way into the next one.
+    cost = cpu_seconds(stub) - before
+    # The fault comes after the watchdog knows the stub, as in a long-running stack.
+    wait_until(lambda: watchdog.watched_stubs("action"), 30, "the watchdog knows the stub")
     assert watchdog.watched_stubs("action") == {"action_0_0"}
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        idle = cpu_seconds(stub)
         in_flight = pool.submit(robot.infer, OBS)
-        time.sleep(duration / 3)
+        wait_until(
+            lambda: cpu_seconds(stub) - idle > cost / 3, 60, "the stub is well into the request", interval_s=0.01
+        )
+        assert not in_flight.done(), "the request ended before the fault"
         os.kill(stub, signal.SIGKILL)
         with pytest.raises(RuntimeError, match="Error in inference server") as failure:
             in_flight.result(timeout=60)  # an answer, not a hang
@@ -117,7 +127,7 @@ def test_robots_reconnect_after_the_bridge_restarts(triton_server: TritonServer,
     quic_port = free_udp_port()
     sidecar = SidecarSupervisor("action", quic_port, bridge.action_socket).start()
     try:
-        time.sleep(1.0)
+        assert sidecar.wait_ready(), "the sidecar listens"
         ws_robot = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
         quic_robot = FlashTransportPolicy("127.0.0.1", port=quic_port, local_port=0)
         assert ws_robot.infer(OBS)["actions"].shape == (50, 14)

@@ -21,22 +21,6 @@ from tests.triton_helpers import MODEL_REPOSITORY, processes_mentioning, spawn_m
 OBS = EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel")
 
 
-def _quic_robot(port: int) -> dict:
-    """A QUIC robot's first answer; the sidecar may still be binding its port right after the bridge is up."""
-
-    def ask() -> dict | None:
-        try:
-            robot = FlashTransportPolicy("127.0.0.1", port=port, local_port=0)
-        except (RuntimeError, TimeoutError):
-            return None
-        try:
-            return robot.infer(OBS)
-        finally:
-            robot.close()
-
-    return wait_until(ask, 60, "the QUIC sidecar answers")
-
-
 def test_stack_serves_a_robot_prints_its_real_ports_and_stops_on_ctrl_c(
     embedded_default: EmbeddedDefault, tmp_path: pathlib.Path
 ) -> None:
@@ -45,23 +29,31 @@ def test_stack_serves_a_robot_prints_its_real_ports_and_stops_on_ctrl_c(
     ws_action = config["action_transport"]["websocket_port"]
     quic_action = config["action_transport"]["quic_port"]
     (tmp_path / "bridge.json").write_text(json.dumps(config))
-    log = tmp_path / "stack.log"
-    args = stack_args(MODEL_REPOSITORY, tmp_path / "bridge.json", ports)
+    log, ready = tmp_path / "stack.log", tmp_path / "ready"
+    args = stack_args(MODEL_REPOSITORY, tmp_path / "bridge.json", ports, ready_file=ready)
     stack = spawn_module("openpi_triton.stack", args, log, embedded_default.root.parent)
     try:
-        wait_until(lambda: healthz(ws_action)[0] == 200 or stack.poll() is not None, 900, "the stack serves")
+        wait_until(lambda: ready.exists() or stack.poll() is not None, 900, "the stack's ready signal")
+        assert stack.poll() is None, log.read_text()[-4000:]
+        assert healthz(ws_action) == (200, "OK\n"), "ready means Triton is behind the bridge"
         robot = WebsocketClientPolicy(host="127.0.0.1", port=ws_action)
         assert robot.get_server_metadata()["action_horizon"] == 50
         result = robot.infer(OBS)
         assert result["actions"].shape == (50, 14) and "subtask" in result
-        via_quic = _quic_robot(quic_action)
+        quic_robot = FlashTransportPolicy("127.0.0.1", port=quic_action, local_port=0)  # ready: the sidecar listens
+        try:
+            via_quic = quic_robot.infer(OBS)
+        finally:
+            quic_robot.close()
         assert via_quic["actions"].shape == (50, 14) and "subtask" in via_quic
-        # The banner names what listens (the configured ports), not the defaults.
-        banner = wait_until(lambda: "[stack] ready" in log.read_text() and log.read_text(), 60, "the banner")
+        # The banner (printed before the ready signal) names what listens (the configured ports), not the defaults.
+        banner = log.read_text()
+        assert "[stack] ready. Connect a robot:" in banner
         assert f"port={ws_action})" in banner and f"port={quic_action})" in banner
         assert f"admin http://127.0.0.1:{config['admin']['port']}/docs" in banner
         stack.send_signal(signal.SIGINT)
         assert stack.wait(timeout=120) == 0, log.read_text()[-4000:]
+        assert not ready.exists(), "the ready signal is withdrawn on exit"
     finally:
         if stack.poll() is None:
             stack.kill()

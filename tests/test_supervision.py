@@ -377,7 +377,7 @@ def stub_regions(triton_pid: int) -> list[pathlib.Path]:
 @pytest.fixture(scope="module")
 def stack(embedded_default: EmbeddedDefault, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """``python -m openpi_triton.stack`` on free ports with both slots (one batch bucket: faster warm-ups),
-    waited for through the bridge's /healthz and the sidecar's process. Tests below may kill it."""
+    waited for through its ready signal (every role serves). Tests below may kill it."""
     work = tmp_path_factory.mktemp("stack")
     repository = work / "repo"
     copy_model(repository, "action", "action", {"batch_buckets": "1"})
@@ -386,7 +386,8 @@ def stack(embedded_default: EmbeddedDefault, tmp_path_factory: pytest.TempPathFa
     config = bridge_config(work)
     (work / "bridge.json").write_text(json.dumps(config))
     http, grpc, metrics = free_ports(3)
-    args = stack_args(repository, work / "bridge.json", (http, grpc, metrics))
+    ready = work / "ready"
+    args = stack_args(repository, work / "bridge.json", (http, grpc, metrics), ready_file=ready)
     process = spawn_module("openpi_triton.stack", args, work / "stack.log", embedded_default.root.parent)
     running = RunningStack(
         process,
@@ -399,24 +400,17 @@ def stack(embedded_default: EmbeddedDefault, tmp_path_factory: pytest.TempPathFa
         config["action_transport"]["unix_socket_path"],
     )
     try:
-        wait_until(lambda: healthy(running.action_port) or process.poll() is not None, 900, "the stack serves")
+        wait_until(lambda: ready.exists() or process.poll() is not None, 900, "the stack's ready signal")
         assert process.poll() is None, running.tail()
-        wait_until(running.sidecar_pids, 60, "the QUIC sidecar runs")
+        assert healthy(running.action_port) and running.sidecar_pids()
         yield running
     finally:
         stop_process(process, timeout=120)  # SIGTERM: the stack stops everything as on Ctrl-C
 
 
-def connect_quic(port: int, timeout: float = 60.0) -> FlashTransportPolicy:
-    """A QUIC robot; the sidecar may still be binding its port right after it started."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return FlashTransportPolicy("127.0.0.1", port=port, local_port=0)
-        except (RuntimeError, TimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1.0)
+def connect_quic(port: int) -> FlashTransportPolicy:
+    """A QUIC robot (the stack was ready: its sidecar listens)."""
+    return FlashTransportPolicy("127.0.0.1", port=port, local_port=0)
 
 
 class WebSocketRobot:

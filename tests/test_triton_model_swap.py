@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pathlib
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -63,9 +62,9 @@ def test_editing_checkpoint_dir_reloads_without_failed_requests(
             staged = config.with_suffix(".tmp")
             staged.write_text(text)
             os.replace(staged, config)  # atomic: the poller never sees half a file
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline and not (answers and np.abs(answers[-1] - expected_new).max() < 1e-4):
-                time.sleep(0.5)
+            wait_until(
+                lambda: failures or np.abs(answers[-1] - expected_new).max() < 1e-4, 240, "the new checkpoint answers"
+            )
             after_switch = len(answers) + 3  # a few answers from the new copy
             wait_until(lambda: len(answers) >= after_switch or failures, 120, "answers after the switch")
         finally:

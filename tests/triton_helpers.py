@@ -7,13 +7,14 @@ import pathlib
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 
 from openpi_triton import tensor_names
+from openpi_triton.readiness import udp_port_bound, wait_until
 from openpi_triton.triton.config_text import set_parameter
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -59,20 +60,6 @@ def spawn_module(module: str, args: list[str], log: pathlib.Path, home: pathlib.
         return subprocess.Popen([sys.executable, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-def wait_for_log(process: subprocess.Popen[bytes], log: pathlib.Path, text: str, timeout: float) -> None:
-    """Waits until ``text`` appears in ``log``; fails with the log's tail if the process dies or time runs out."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text(errors="replace"):
-        tail = log.read_text(errors="replace")[-4000:]
-        if process.poll() is not None:
-            raise AssertionError(f"process exited before logging {text!r}:\n{tail}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not logged within {timeout:.0f} s:\n{tail}")
-        time.sleep(0.3)
-
-
 def free_udp_port() -> int:
     """A UDP port free on 127.0.0.1 right now (for QUIC sidecars)."""
     import socket
@@ -85,18 +72,7 @@ def free_udp_port() -> int:
 def wait_udp_bound(port: int, timeout: float = 30.0) -> None:
     """Blocks until a socket is bound to UDP ``port``: the sidecar's QUIC endpoint exists (packets sent to it
     from then on are queued and served), so a robot may connect."""
-    import time
-
-    suffix = f":{port:04X}"
-    deadline = time.monotonic() + timeout
-    while True:
-        for table in ("/proc/net/udp", "/proc/net/udp6"):
-            rows = pathlib.Path(table).read_text().splitlines()[1:] if os.path.exists(table) else []
-            if any(row.split()[1].endswith(suffix) for row in rows):
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"nothing bound UDP port {port} within {timeout} s")
-        time.sleep(0.05)
+    wait_until(lambda: udp_port_bound(port), timeout, f"a socket bound to UDP port {port}")
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -114,23 +90,14 @@ def processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Polls ``condition`` until it returns something true (returned), or fails naming ``what``."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
-
-
-def stack_args(repository: pathlib.Path, bridge_json: pathlib.Path, ports: tuple[int, ...]) -> list[str]:
-    """``python -m openpi_triton.stack`` arguments for ``repository``, a bridge config and Triton's three ports."""
+def stack_args(
+    repository: pathlib.Path, bridge_json: pathlib.Path, ports: tuple[int, ...], ready_file: pathlib.Path | None = None
+) -> list[str]:
+    """``python -m openpi_triton.stack`` arguments for ``repository``, a bridge config and Triton's three ports;
+    ``ready_file`` is written by the stack once every role serves (its explicit ready signal)."""
     http, grpc, metrics = ports
+    ready = ["--ready-file", str(ready_file)] if ready_file is not None else []
     return [
         "--model-repository", str(repository), "--bridge-config", str(bridge_json),
-        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+        "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), *ready,
     ]  # fmt: skip

@@ -5,7 +5,7 @@ them outside pytriton: copy the backend into a private folder with the stub of t
 the wheel's bundled libraries and libpython on ``LD_LIBRARY_PATH``, and put this venv's ``bin/`` first on
 ``PATH`` (the stub takes ``sys.path`` from the first ``python3`` it finds).
 
-    python -m openpi_triton.triton.launcher --model-repository model_repository
+    python -m openpi_triton.triton.launcher --model-repository model_repository   # = stack --role triton
 
 Local defaults: HTTP 8100, gRPC 8101, metrics 8102 (the robot-facing slots use 8000-8002), model control
 mode ``poll`` so that editing a ``config.pbtxt`` reloads that model.
@@ -27,11 +27,11 @@ import tempfile
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from typing import IO
 
 from openpi_triton.processes import spawn
+from openpi_triton.readiness import http_status, wait_until
 
 DEFAULT_HTTP_PORT = 8100
 DEFAULT_GRPC_PORT = 8101
@@ -139,6 +139,10 @@ class ServerOptions:
     log_verbose: int = 0
     extra_args: tuple[str, ...] = ()
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Where HTTP and gRPC listen: loopback beside the bridge, 0.0.0.0 for a Triton other hosts reach.
+    address: str = "127.0.0.1"
+    # A tritonserver installed with its own backends (the docker image's); None: the nvidia-pytriton wheel's.
+    binary: str | None = None
 
 
 class TritonServer:
@@ -161,17 +165,18 @@ class TritonServer:
     def http_url(self) -> str:
         return f"127.0.0.1:{self.options.http_port}"
 
-    def command(self, backend_dir: pathlib.Path, paths: TritonPaths) -> list[str]:
+    def command(self, backend_dir: pathlib.Path | None, paths: TritonPaths | None) -> list[str]:
+        """The command line; without ``paths`` (an installed tritonserver) its own backends are used."""
         o = self.options
+        binary = [o.binary] if paths is None else [str(paths.binary), f"--backend-directory={backend_dir}"]
         return [
-            str(paths.binary),
+            *binary,
             f"--model-repository={o.model_repository.resolve()}",
-            f"--backend-directory={backend_dir}",
             f"--http-port={o.http_port}",
             f"--grpc-port={o.grpc_port}",
             f"--metrics-port={o.metrics_port}",
-            "--http-address=127.0.0.1",
-            "--grpc-address=127.0.0.1",
+            f"--http-address={o.address}",
+            f"--grpc-address={o.address}",
             *self._control_args(),
             f"--log-verbose={o.log_verbose}",
             "--strict-readiness=true",
@@ -195,15 +200,19 @@ class TritonServer:
         call this from a thread that lives as long as the server should (the main thread, or the thread of
         the supervisor that waits for it).
         """
-        paths = TritonPaths.from_wheel()
         precompile_python_models(self.options.model_repository)
         removed = remove_stale_shm_regions()
         self.log_stream.write(
             f"{self.log_prefix}removed {removed} stale Python-backend shared-memory region(s) from {SHM_DIRECTORY}\n"
         )
-        self._workdir = pathlib.Path(tempfile.mkdtemp(prefix="openpi-triton-server-"))
-        backend_dir = build_backend_dir(paths, self._workdir / "backends")
-        env = server_environment(paths)
+        if self.options.binary is None:
+            paths: TritonPaths | None = TritonPaths.from_wheel()
+            assert paths is not None
+            self._workdir = pathlib.Path(tempfile.mkdtemp(prefix="openpi-triton-server-"))
+            backend_dir: pathlib.Path | None = build_backend_dir(paths, self._workdir / "backends")
+            env = server_environment(paths)
+        else:
+            paths, backend_dir, env = None, None, dict(os.environ)
         env.update(self.options.env)
         self.process = spawn(
             self.command(backend_dir, paths),
@@ -233,21 +242,30 @@ class TritonServer:
             self.log_stream.write(self.log_prefix + line)
             self.log_stream.flush()
 
-    def wait_ready(self, models: Sequence[str] = (), timeout: float = 300.0) -> None:
-        """Waits until the server and ``models`` are ready; raises with the log tail if it dies or times out.
+    def ready(self, models: Sequence[str] = (), every_model: bool = False) -> bool:
+        """The server is live and every one of ``models`` is ready (``--strict-readiness``: loaded and warm);
+        with ``every_model``, the server is ready (``/v2/health/ready``: each model it loaded is).
 
         Asks Triton's HTTP health endpoints: a fresh request each time, where a gRPC channel that met a server
         not listening yet backs off for seconds before it tries again (a restart would be noticed late).
         """
-        paths = ["/v2/health/live", *(f"/v2/models/{urllib.parse.quote(m)}/ready" for m in models)]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        server = "/v2/health/ready" if every_model else "/v2/health/live"
+        paths = [server, *(f"/v2/models/{urllib.parse.quote(m)}/ready" for m in models)]
+        return all(http_status(self.options.http_port, path) == 200 for path in paths)
+
+    def wait_ready(self, models: Sequence[str] = (), timeout: float = 300.0, every_model: bool = False) -> None:
+        """Waits until :meth:`ready`; raises with the log tail if the server dies or time runs out."""
+
+        def exited() -> str | None:
             if self.process is None or self.process.poll() is not None:
-                raise LauncherError(f"tritonserver exited during start-up:\n{self.log_tail()}")
-            if all(_http_ok(f"http://{self.http_url}{path}") for path in paths):
-                return
-            time.sleep(0.25)
-        raise LauncherError(f"tritonserver not ready after {timeout:.0f} s (models {list(models)}):\n{self.log_tail()}")
+                return "tritonserver exited during start-up"
+            return None
+
+        try:
+            what = f"tritonserver ready (models {list(models) if models or not every_model else 'all'})"
+            wait_until(lambda: self.ready(models, every_model), timeout, what, unless=exited, interval_s=0.25)
+        except (RuntimeError, TimeoutError) as exc:
+            raise LauncherError(f"{exc}:\n{self.log_tail()}") from None
 
     def log_tail(self, lines: int = 40) -> str:
         return "".join(self.log_lines[-lines:])
@@ -280,14 +298,6 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status == 200
-    except OSError:  # not listening yet, or 400 (not ready): urllib's HTTPError is an OSError
-        return False
 
 
 def _wait_until_group_gone(pgid: int, timeout_s: float) -> None:
@@ -381,6 +391,7 @@ def _file_name(path_or_maps_line: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """This module's CLI is the orchestrator's ``triton`` role (``python -m openpi_triton.stack --role triton``)."""
     parser = argparse.ArgumentParser(description="Run tritonserver from the nvidia-pytriton wheel.")
     parser.add_argument("--model-repository", type=pathlib.Path, required=True)
     parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
@@ -390,28 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-control-mode", choices=("poll", "explicit", "none"), default="poll")
     parser.add_argument("--wait-for", action="append", default=[], help="model that must be ready (repeatable)")
     args = parser.parse_args(argv)
-    server = TritonServer(
-        ServerOptions(
-            model_repository=args.model_repository,
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port,
-            poll_seconds=args.poll_seconds,
-            model_control_mode=args.model_control_mode,
-        )
-    )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server.start()
-    try:
-        server.wait_ready(args.wait_for)
-        print(f"[openpi-triton] tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url}", file=sys.stderr)
-        while not stop.is_set() and server.process is not None and server.process.poll() is None:
-            stop.wait(0.5)
-    finally:
-        server.stop()
-    return 0
+    from openpi_triton import stack  # imported here: the orchestrator builds on this module
+
+    forwarded = ["--role", "triton", "--model-repository", str(args.model_repository)]
+    for flag in ("http_port", "grpc_port", "metrics_port", "poll_seconds", "model_control_mode"):
+        forwarded += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    for model in args.wait_for or ["*"]:  # none named: every model it loads
+        forwarded += ["--wait-for-model", model]
+    return stack.main(forwarded)
 
 
 def free_ports(count: int) -> list[int]:

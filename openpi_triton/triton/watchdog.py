@@ -14,10 +14,12 @@ Tritons do) and reloads the model:
 A reload counts as done once the model is ready with live stubs again; until then the model is not judged
 healthy by readiness alone, and a reload without result is tried again after ``retry_after_s``.
 
-A restarted tritonserver has a new pid and new stubs: :meth:`StubWatchdog.follow` (``make serve``) or a pid
-file re-read before every check (``--triton-pid-file``, the docker entrypoint) moves the watchdog onto it.
+A restarted tritonserver has a new pid and new stubs: :meth:`StubWatchdog.follow` (the orchestrator) or a
+pid file re-read before every check (``--triton-pid-file``, for a supervisor in another process) moves the
+watchdog onto it.
 
-Run beside a tritonserver: ``make serve`` and the docker entrypoint do; by hand,
+Run beside a tritonserver: the orchestrator's ``triton`` role does (``make serve``, the docker entrypoint);
+by hand,
 ``python -m openpi_triton.triton.watchdog --url 127.0.0.1:8101 --triton-pid <pid> --repository model_repository``.
 """
 
@@ -97,6 +99,7 @@ class StubWatchdog:
         return set(self._seen.get(model, set()))
 
     def start(self) -> StubWatchdog:
+        self._take_up_new_pid()  # the server followed so far, at once: a restart right after is told as one
         self._thread.start()
         return self
 

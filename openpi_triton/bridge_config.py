@@ -1,8 +1,11 @@
-"""Bridge configuration: one JSON file (openpi-flash's field names) with ``OPENPI_`` environment overrides.
+"""The bridge's configuration: one JSON file (openpi-flash's field names) with ``OPENPI_`` environment overrides.
 
 Precedence: environment > JSON file > defaults. Nested fields use ``__`` (``OPENPI_ACTION_TRANSPORT__WEBSOCKET_PORT``).
 Unknown keys are errors. A slot is enabled by giving it an object (``"action": {}``); configuring the
 planner slot also routes the action slot through ``combined_ensemble``.
+
+It lives outside the bridge because the orchestrator reads it too (the ports and sockets to check and wait
+for, the slots that get a QUIC sidecar): the bridge and the orchestrator both import it, neither the other.
 """
 
 from __future__ import annotations
