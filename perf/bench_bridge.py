@@ -6,10 +6,10 @@ Bridge overhead = WebSocket round trip through the bridge minus the direct gRPC 
 model. The QUIC path is FlashTransportPolicy -> client binary -> QUIC -> server binary -> bridge.
 
 Starts tritonserver (the `action` model on the embedded default with 1 flow step, to keep the model's
-share of the noise small) and the bridge on free ports, then alternates: one call through the bridge
-with openpi's `WebsocketClientPolicy`, one direct `tritonclient` gRPC call with the same ALOHA-sized
-observation (4 x 3x224x224 uint8 images, state, prompt, noise). Paired differences cancel the drift of
-this shared machine; p50 / p99 of both paths and of the difference are printed.
+share of the noise small), the bridge and a QUIC sidecar on free ports through the orchestrator, then
+alternates: one call through the bridge with openpi's `WebsocketClientPolicy`, one direct `tritonclient`
+gRPC call with the same ALOHA-sized observation (4 x 3x224x224 uint8 images, state, prompt, noise).
+Paired differences cancel the drift of this shared machine; p50 / p99 of both paths and of the difference are printed.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ import argparse
 import json
 import pathlib
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,8 @@ sys.path.insert(0, str(REPO))
 
 from openpi_triton.domain.embodiments import EMBODIMENTS  # noqa: E402
 from openpi_triton.native.tiny import ensure_embedded_default  # noqa: E402
-from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports  # noqa: E402
+from openpi_triton.orchestrator import Orchestrator, TritonRole  # noqa: E402
+from openpi_triton.triton.launcher import ServerOptions, free_ports  # noqa: E402
 from tests.triton_helpers import copy_model, infer_inputs  # noqa: E402
 
 
@@ -48,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
     from openpi_triton.flash_client import FlashTransportPolicy
-    from openpi_triton.sidecar import SidecarSupervisor
 
     ensure_embedded_default()
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-bridge-"))
@@ -62,31 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         "triton": {"url": f"127.0.0.1:{grpc}"},
     }
     (work / "bridge.json").write_text(json.dumps(bridge_config))
-    server = TritonServer(ServerOptions(work / "repo", http, grpc, metrics), log_stream=open(work / "triton.log", "w"))
-    bridge = None
-    sidecar = None
+    outputs = [open(work / "triton.log", "w"), open(work / "bridge.log", "w")]
+    triton = TritonRole(ServerOptions(work / "repo", http, grpc, metrics), ("action",), 600, log_stream=outputs[0])
+    stack = Orchestrator(("triton", "bridge", "sidecars"), work / "bridge.json", triton, bridge_out=outputs[1])
     quic_client = None
     try:
-        server.start()
-        server.wait_ready(["action"], timeout=600)
-        bridge = subprocess.Popen(
-            [sys.executable, "-m", "openpi_bridge", "--config", str(work / "bridge.json")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                robot = WebsocketClientPolicy(host="127.0.0.1", port=ws)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        sidecar = SidecarSupervisor("action", quic, work / "a.sock").start()
-        time.sleep(1.0)
+        stack.start()  # each part waited for by its readiness (openpi_triton.orchestrator)
+        robot = WebsocketClientPolicy(host="127.0.0.1", port=ws)
         quic_client = FlashTransportPolicy("127.0.0.1", port=quic, local_port=0)
-        direct = grpcclient.InferenceServerClient(server.grpc_url)
+        direct = grpcclient.InferenceServerClient(triton.grpc_url)
         obs = EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel")
         noise = np.random.default_rng(1).standard_normal((50, 32)).astype(np.float32)
         for _ in range(10):  # warm every path
@@ -117,12 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if quic_client is not None:
             quic_client.close()
-        if sidecar is not None:
-            sidecar.stop()
-        if bridge is not None:
-            bridge.send_signal(signal.SIGTERM)
-            bridge.wait(timeout=20)
-        server.stop()
+        stack.close()
+        for output in outputs:
+            output.close()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
