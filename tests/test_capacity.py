@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from openpi_triton import cost_curve
 from openpi_triton.domain.configs import get_policy_config
 from openpi_triton.native.policy import PolicyOptions
 from openpi_triton.native.tiny import EmbeddedDefault
+from openpi_triton.readiness import accepts_tcp, wait_until
 from openpi_triton.simulated_policy import SimulatedPolicy, load_simulated_policy
 from openpi_triton.triton.launcher import TritonServer, free_ports
 from openpi_triton.triton.model_params import ActionParams, ParameterError
@@ -156,14 +156,11 @@ def test_openpi_server_serves_the_same_simulated_policy(
 
 def _wait_until_listening(server: subprocess.Popen[bytes], port: int, log: pathlib.Path) -> None:
     """openpi's server opens its port once the policy is loaded."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"openpi-server not listening (exit {server.poll()}):\n{log.read_text()[-2000:]}")
+
+    def exited() -> str | None:
+        return None if server.poll() is None else f"openpi-server exited ({server.poll()}):\n{log.read_text()[-2000:]}"
+
+    wait_until(lambda: accepts_tcp(port), 120, f"openpi-server listening on {port}", unless=exited)
 
 
 def _row(transport: str, robots: int, hz: float, p50: float, p99: float, missed: float = 0.0, **extra: object) -> dict:

@@ -20,7 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from openpi_bridge.config import BridgeConfig
+from openpi_triton.bridge_config import BridgeConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 CHART = REPO / "deploy" / "helm" / "openpi-triton"
