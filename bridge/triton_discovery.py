@@ -13,22 +13,14 @@ import dns.inet
 import dns.nameserver
 import dns.resolver
 
+from openpi_triton.bridge_config import parse_nameserver
+
 # One lookup may take this long before the current server list is kept for another round.
 LOOKUP_TIMEOUT_S = 2.0
 
 
 class DiscoveryError(RuntimeError):
     """The name could not be looked up (no answer, no name server): keep the servers known so far."""
-
-
-def parse_nameserver(spec: str) -> tuple[str, int]:
-    """``"10.0.0.10"``, ``"10.0.0.10:5353"`` or ``"fd00::a"`` as (address, port); anything else is an error."""
-    host, port = spec, "53"
-    if spec.count(":") == 1:
-        host, port = spec.split(":")
-    if not dns.inet.is_address(host) or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"name server {spec!r}: expected an IP address or 'address:port'")
-    return host, int(port)
 
 
 class DnsDiscovery:

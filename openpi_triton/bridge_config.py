@@ -10,6 +10,7 @@ for, the slots that get a QUIC sidecar): the bridge and the orchestrator both im
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import pathlib
 from typing import Any, Literal
@@ -17,10 +18,23 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from openpi_bridge.triton_discovery import parse_nameserver
 from openpi_triton import limits as default_limits
 from openpi_triton.limits import FrameLimits, InputLimits
 from openpi_triton.prompt_format import DEFAULT_GENERATION_PROMPT_FORMAT, validate_prompt_format
+
+
+def parse_nameserver(spec: str) -> tuple[str, int]:
+    """``"10.0.0.10"``, ``"10.0.0.10:5353"`` or ``"fd00::a"`` as (address, port); anything else is an error."""
+    host, port = spec, "53"
+    if spec.count(":") == 1:
+        host, port = spec.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"name server {spec!r}: expected an IP address or 'address:port'") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"name server {spec!r}: expected an IP address or 'address:port'")
+    return host, int(port)
 
 
 class _Strict(BaseModel):

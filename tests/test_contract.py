@@ -73,3 +73,12 @@ def test_policy_metadata_the_config_does_not_carry_is_found_and_the_fix_line_pub
     # A config of the table publishes its own metadata without any parameter.
     known = as_served('parameters { key: "model_config_name" value: { string_value: "pi05_aloha" } }')
     assert unpublished_metadata({"reset_pose": [0, -1.5, 1.5, 0, 0, 0]}, known) == {}
+
+
+def test_nothing_outside_the_bridge_imports_it() -> None:
+    # The orchestrator reads the bridge's configuration (openpi_triton.bridge_config) and runs the bridge as a
+    # process: the dependency runs one way.
+    loaded = _modules_loaded_by(
+        "openpi_triton.stack, openpi_triton.orchestrator, perf.fleet_services", ("openpi_bridge",)
+    )
+    assert loaded == "[]", f"imported from outside the bridge: {loaded}"
