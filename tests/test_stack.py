@@ -1,4 +1,5 @@
-"""What `make serve` runs: Triton on model_repository/ + bridge + QUIC sidecars; Ctrl-C stops all of it."""
+"""What `make serve` runs: Triton on model_repository/ + bridge + QUIC sidecars; Ctrl-C stops all of it. Its roles
+split the same stack over processes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import pathlib
 import signal
 import socket
+import subprocess
 
 import numpy as np
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
@@ -16,7 +18,14 @@ from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import free_ports
 from tests.clients import healthz
 from tests.conftest import bridge_config
-from tests.triton_helpers import MODEL_REPOSITORY, processes_mentioning, spawn_module, stack_args, wait_until
+from tests.triton_helpers import (
+    MODEL_REPOSITORY,
+    copy_model,
+    processes_mentioning,
+    spawn_module,
+    stack_args,
+    wait_until,
+)
 
 OBS = EMBODIMENTS["aloha"].example(np.random.default_rng(0), "fold the towel")
 
@@ -78,3 +87,49 @@ def test_a_busy_port_stops_the_stack_before_any_model_loads(
     port = config["action_transport"]["websocket_port"]
     assert f"action WebSocket port {port}/tcp on 127.0.0.1 is in use by another process" in text
     assert "starting tritonserver" not in text and "Traceback" not in text
+
+
+def test_roles_split_the_stack_over_processes_that_serve_robots_together(
+    embedded_default: EmbeddedDefault, tmp_path: pathlib.Path
+) -> None:
+    """``--role triton`` in one process, ``--role bridge sidecars`` in another, each with its own ready signal."""
+    repository = tmp_path / "repo"
+    copy_model(repository, "action", "action", {"batch_buckets": "1"})  # one model, one bucket: a quick start
+    ports = free_ports(3)
+    config = bridge_config(tmp_path, planner=None, triton={"url": f"127.0.0.1:{ports[1]}"})
+    (tmp_path / "bridge.json").write_text(json.dumps(config))
+    home = embedded_default.root.parent
+
+    def start(roles: list[str], name: str) -> tuple[subprocess.Popen[bytes], pathlib.Path]:
+        ready = tmp_path / f"{name}.ready"
+        args = ["--role", *roles, *stack_args(repository, tmp_path / "bridge.json", ports, ready_file=ready)]
+        process = spawn_module("openpi_triton.stack", [*args, "--wait-for-model", "action"], tmp_path / name, home)
+        wait_until(lambda: ready.exists() or process.poll() is not None, 600, f"the {name} ready signal")
+        assert process.poll() is None, (tmp_path / name).read_text()[-4000:]
+        return process, ready
+
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        triton, _ = start(["triton"], "triton.log")
+        started.append(triton)
+        front, front_ready = start(["bridge", "sidecars"], "front.log")
+        started.append(front)
+        assert "starting the bridge" not in (tmp_path / "triton.log").read_text()
+        assert "starting tritonserver" not in (tmp_path / "front.log").read_text()
+        robot = WebsocketClientPolicy(host="127.0.0.1", port=config["action_transport"]["websocket_port"])
+        assert robot.infer(OBS)["actions"].shape == (50, 14)
+        quic_robot = FlashTransportPolicy("127.0.0.1", port=config["action_transport"]["quic_port"], local_port=0)
+        try:
+            assert quic_robot.infer(OBS)["actions"].shape == (50, 14)
+        finally:
+            quic_robot.close()
+        front.send_signal(signal.SIGTERM)
+        assert front.wait(timeout=60) == 143 and not front_ready.exists()
+        triton.send_signal(signal.SIGINT)
+        assert triton.wait(timeout=120) == 0
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+    gone = [f"--grpc-port={ports[1]}", str(tmp_path / "a.sock")]
+    wait_until(lambda: not any(processes_mentioning(text) for text in gone), 30, "no child outlives its stack")
