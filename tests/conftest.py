@@ -79,6 +79,7 @@ def triton_server(
             "checkpoint_dir": str(golden_dir / "pi05_aloha" / "checkpoint"),
             "tokenizer_path": str(golden_dir / "tokenizer.model"),
             "batch_buckets": "1,2",
+            "rtc": "off",  # no RTC test uses it: a shorter warm-up
         },
     )
     http, grpc, metrics = free_ports(3)

@@ -98,3 +98,12 @@ def test_planner_templates_are_validated_at_load() -> None:
 def test_read_parameters_strips_values() -> None:
     assert read_parameters({"parameters": {"a": {"string_value": " x "}}}) == {"a": "x"}
     assert read_parameters(json.dumps({"parameters": {}})) == {}
+
+
+def test_the_rtc_parameter_is_on_by_default_and_native_only() -> None:
+    assert ActionParams.parse({"model_config_name": "pi05_aloha"}).rtc is True
+    assert ActionParams.parse({"model_config_name": "pi05_aloha", "rtc": "off"}).rtc is False
+    with pytest.raises(ParameterError, match=re.escape("parameter 'rtc': expected one of ['on', 'off']")):
+        ActionParams.parse({"model_config_name": "pi05_aloha", "rtc": "yes"})
+    with pytest.raises(ParameterError, match=re.escape("parameter 'rtc': only used by runtime 'native'")):
+        ActionParams.parse({"model_config_name": "pi05_aloha", "runtime": "simulated", "rtc": "off"})

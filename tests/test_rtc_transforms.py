@@ -12,7 +12,8 @@ from openpi_triton.domain import output_transforms, rtc
 from openpi_triton.domain.configs import POLICY_CONFIGS, PolicyConfig
 from openpi_triton.domain.embodiments.base import Embodiment, StateField
 from openpi_triton.domain.normalize import NormStats, normalize
-from openpi_triton.native.policy import NativePolicy
+from openpi_triton.native.policy import NativePolicy, PolicyOptions, load_policy
+from openpi_triton.native.tiny import EmbeddedDefault
 
 
 def synthetic_stats(rng: np.random.Generator, width: int) -> NormStats:
@@ -176,3 +177,14 @@ def test_a_bad_rtc_key_is_the_requests_error_in_prepare(tiny_policy: NativePolic
     obs["rtc"] = {"prev_actions": np.zeros((10, 7)), "inference_delay": 2}
     with pytest.raises(ValueError, match=r"'rtc/prev_actions': expected float \[K, 14\]"):
         tiny_policy.prepare(obs)
+
+
+def test_rtc_turned_off_compiles_no_rtc_program_and_refuses_requests(embedded_default: EmbeddedDefault) -> None:
+    options = PolicyOptions(tokenizer_path=str(embedded_default.tokenizer_path), batch_buckets=(1,), rtc=False)
+    policy = load_policy(embedded_default.config_name, embedded_default.checkpoint_dir, options)
+    policy.warmup()
+    assert policy.compiled_programs == {("plain", 1)}
+    obs = policy.config.embodiment.example(np.random.default_rng(0))
+    obs["rtc"] = {"prev_actions": np.zeros((10, 14)), "inference_delay": 2}
+    with pytest.raises(rtc.RtcUnsupportedError, match=r"RTC is turned off for this model \(config.pbtxt parameter"):
+        policy.prepare(obs)

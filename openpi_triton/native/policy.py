@@ -42,6 +42,8 @@ class PolicyOptions:
     batch_buckets: tuple[int, ...] = batching.DEFAULT_BATCH_BUCKETS
     default_prompt: str | None = None
     tokenizer_path: str | None = None
+    # Real-Time Chunking: off saves its compiled programs (warm-up time, memory) and refuses rtc requests.
+    rtc: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -134,6 +136,8 @@ class NativePolicy:
         )
         self.output_chain = output_transforms.output_chain(config, self.norm_stats)
         self.rtc_refusal = output_transforms.check_invertible(self.output_chain)
+        if not options.rtc:
+            self.rtc_refusal = "RTC is turned off for this model (config.pbtxt parameter rtc: \"off\")"
         self.guided_dims = np.zeros(config.action_dim, np.float32)
         self.guided_dims[: config.embodiment.action_dim] = 1.0
         self.compiled_buckets: set[int] = set()

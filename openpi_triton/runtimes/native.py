@@ -30,6 +30,7 @@ def _load(params: ActionParams, placement: Placement) -> PolicyRuntime:
         batch_buckets=params.batch_buckets,
         default_prompt=params.default_prompt,
         tokenizer_path=tokenizer_path,
+        rtc=params.rtc,
     )
     device = backend.jax_device(placement)
     return load_policy(_serving_config(params).name, checkpoint_dir, options, device)
@@ -37,7 +38,7 @@ def _load(params: ActionParams, placement: Placement) -> PolicyRuntime:
 
 RUNTIME = RuntimeSpec(
     name="native",
-    own_parameters=(),
+    own_parameters=("rtc",),
     default_dtype="float32",
     needs_known_config=True,
     check_parameters=_check_parameters,

@@ -87,6 +87,8 @@ class ActionParams:
     limits: InputLimits = DEFAULT_INPUT_LIMITS
     # runtime 'simulated' only: the GPU cost curve its model calls wait for (a name or a .json path).
     cost_curve: str = ""
+    # runtime 'native' only: serve Real-Time Chunking requests (one more compiled program per batch bucket).
+    rtc: bool = True
 
     @classmethod
     def parse(cls, params: Mapping[str, str]) -> ActionParams:
@@ -110,6 +112,7 @@ class ActionParams:
             openpi_setup_script=params.get("openpi_setup_script", ""),
             limits=input_limits(params),
             cost_curve=params.get("cost_curve", ""),
+            rtc=_choice(params, "rtc", ("on", "off"), "on") == "on",
         )
 
 
