@@ -137,7 +137,7 @@ class NativePolicy:
         self.output_chain = output_transforms.output_chain(config, self.norm_stats)
         self.rtc_refusal = output_transforms.check_invertible(self.output_chain)
         if not options.rtc:
-            self.rtc_refusal = "RTC is turned off for this model (config.pbtxt parameter rtc: \"off\")"
+            self.rtc_refusal = 'RTC is turned off for this model (config.pbtxt parameter rtc: "off")'
         self.guided_dims = np.zeros(config.action_dim, np.float32)
         self.guided_dims[: config.embodiment.action_dim] = 1.0
         self.compiled_buckets: set[int] = set()
