@@ -195,7 +195,7 @@ def test_vjp_of_the_denoiser_matches_central_finite_differences(
     _, pullback = jax.vjp(denoise, x)
     (jt_e,) = pullback(e)
     analytic = float(jnp.sum(jt_e * u))
-    h = 1e-3
+    h = 3e-3  # float32: rounding dominates the difference quotient below about 1e-3
     numeric = float(jnp.sum(e * (denoise(x + h * u) - denoise(x - h * u)))) / (2 * h)
     assert abs(analytic - numeric) < 1e-3 * abs(analytic), (analytic, numeric)
     assert abs(analytic - float(jnp.sum(e * u))) > 1e-2 * abs(analytic)  # the Jacobian is not the identity
