@@ -11,7 +11,10 @@ Every robot request is counted once with its outcome, so an operator can alert o
 - ``openpi_bridge_connections{slot, transport}`` open now, ``openpi_bridge_connections_refused_total{slot,
   transport, reason}`` (``max_connections``, ``per_address``, ``unauthorized``, ``idle``);
 - ``openpi_bridge_bytes_received_total`` / ``openpi_bridge_bytes_sent_total{slot, transport}``;
-- ``openpi_bridge_admin_unauthorized_total``.
+- ``openpi_bridge_admin_unauthorized_total``;
+- ``openpi_bridge_background_failures_total{task}``: a background step that raised (``dns`` re-reading the
+  Triton servers' name, ``health`` checking them, ``retire`` closing one that left), logged with its traceback;
+  the task goes on, so a rising count is a bug to report, not an outage.
 
 ``transport`` is ``websocket`` or ``quic`` (the sidecar socket, which only the QUIC sidecar uses).
 """
@@ -75,6 +78,12 @@ class BridgeMetrics:
         )
         self.admin_unauthorized = Counter(
             "openpi_bridge_admin_unauthorized", "admin requests without the right API key", registry=self.registry
+        )
+        self.background_failures = Counter(
+            "openpi_bridge_background_failures",
+            "background steps (dns, health, retire) that raised; the task goes on",
+            ["task"],
+            registry=self.registry,
         )
 
     def request_done(self, slot: str, transport: str, seconds: float, error: BaseException | None = None) -> None:

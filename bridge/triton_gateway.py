@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -294,7 +294,8 @@ class TritonGateway:
         self._turn = 0
         self._monitor: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
+        # Servers that left DNS, closing once their requests finish: close() closes any still open.
+        self._retiring: dict[asyncio.Task[None], Endpoint] = {}
 
     def _endpoint(self, url: str) -> Endpoint:
         client = grpcaio.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
@@ -317,24 +318,37 @@ class TritonGateway:
         self._ensure_monitor()
 
     async def close(self) -> None:
-        for task in (self._monitor, self._follower, *self._retiring):
-            if task is not None:
-                task.cancel()
-        for endpoint in self.endpoints:
+        retiring = list(self._retiring.values())
+        tasks = [t for t in (self._monitor, self._follower, *self._retiring) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for endpoint in [*self.endpoints, *retiring]:
             await endpoint.pool.close()
             await endpoint.client.close()
 
     def _ensure_monitor(self) -> None:
         loop = asyncio.get_running_loop()
         if (len(self.endpoints) > 1 or self.discovery is not None) and self._monitor is None:
-            self._monitor = loop.create_task(self._watch_health())
+            self._monitor = loop.create_task(self._every("health", HEALTH_INTERVAL_S, self.check_health, first=True))
         if self.discovery is not None and self._follower is None:
-            self._follower = loop.create_task(self._follow_dns())
+            self._follower = loop.create_task(self._every("dns", self.discovery_refresh_s, self.refresh_servers))
 
-    async def _follow_dns(self) -> None:
+    async def _every(
+        self, task: str, interval_s: float, step: Callable[[], Awaitable[None]], first: bool = False
+    ) -> None:
+        """``step`` every ``interval_s`` for the gateway's life. A step that raises is logged with its traceback
+        and counted (``openpi_bridge_background_failures_total{task}``), and the next one runs on time: one
+        unexpected error must not end DNS following or health checks while the bridge still looks healthy."""
+        if not first:
+            await asyncio.sleep(interval_s)
         while True:
-            await asyncio.sleep(self.discovery_refresh_s)
-            await self.refresh_servers()
+            try:
+                await step()
+            except Exception:
+                logger.exception("background %s step failed; trying again in %.1f s", task, interval_s)
+                self.metrics.background_failures.labels(task).inc()
+            await asyncio.sleep(interval_s)
 
     async def refresh_servers(self) -> None:
         """One lookup of the discovery name; servers that appeared join, servers that left are retired."""
@@ -354,8 +368,8 @@ class TritonGateway:
         for endpoint in left:
             self.endpoints.remove(endpoint)  # no new requests from now on
             task = asyncio.get_running_loop().create_task(self._retire(endpoint))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self._retiring[task] = endpoint
+            task.add_done_callback(self._retired)
         self.endpoints.extend(self._endpoint(url) for url in joined)
         if joined or left:
             logger.info(
@@ -371,16 +385,21 @@ class TritonGateway:
         await endpoint.pool.close()
         await endpoint.client.close()
 
-    async def _watch_health(self) -> None:
-        while True:
-            for endpoint in list(self.endpoints):
-                ready = await self._endpoint_ready(endpoint)
-                if ready != endpoint.healthy:
-                    logger.warning("Triton %s is %s", endpoint.url, "back" if ready else "not ready: no new requests")
-                    if ready:
-                        await endpoint.pool.reset()  # a restarted server forgot our shared-memory regions
-                endpoint.healthy = ready
-            await asyncio.sleep(HEALTH_INTERVAL_S)
+    def _retired(self, task: asyncio.Task[None]) -> None:
+        self._retiring.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("closing a Triton server that left DNS failed", exc_info=task.exception())
+            self.metrics.background_failures.labels("retire").inc()
+
+    async def check_health(self) -> None:
+        """One health round over the servers: one that stops answering gets no new requests until it is back."""
+        for endpoint in list(self.endpoints):
+            ready = await self._endpoint_ready(endpoint)
+            if ready != endpoint.healthy:
+                logger.warning("Triton %s is %s", endpoint.url, "back" if ready else "not ready: no new requests")
+                if ready:
+                    await endpoint.pool.reset()  # a restarted server forgot our shared-memory regions
+            endpoint.healthy = ready
 
     async def _endpoint_ready(self, endpoint: Endpoint) -> bool:
         try:

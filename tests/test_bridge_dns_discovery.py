@@ -216,3 +216,81 @@ def test_a_failed_or_empty_lookup_keeps_the_known_servers() -> None:
         await gateway.close()
 
     asyncio.run(scenario())
+
+
+class FailingOnceDiscovery(DnsDiscovery):
+    """Real lookups, except that the second one raises what no DNS error is (a bug in a library or ours)."""
+
+    lookups = 0
+
+    async def urls(self) -> list[str]:
+        self.lookups += 1
+        if self.lookups == 2:
+            raise RuntimeError("an unexpected error in a lookup")
+        return await super().urls()
+
+
+class FailingOnceHealthGateway(TritonGateway):
+    """The real gateway whose first health round raises before it checks anything."""
+
+    rounds = 0
+
+    async def check_health(self) -> None:
+        self.rounds += 1
+        if self.rounds == 1:
+            raise RuntimeError("an unexpected error in a health round")
+        await super().check_health()
+
+
+async def _until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def test_an_unexpected_error_in_a_background_step_is_counted_and_the_task_goes_on() -> None:
+    """DNS following and health checks outlive an exception: it is logged, counted, and the next round runs."""
+    closed_port = _port_free_on(POD_ADDRESSES)  # nothing listens: the servers never answer their health check
+    url_a, url_b = (f"{address}:{closed_port}" for address in POD_ADDRESSES)
+
+    async def scenario() -> None:
+        with DnsServer({NAME: [POD_ADDRESSES[0]]}) as dns:
+            discovery = FailingOnceDiscovery(NAME, closed_port, [dns.address])
+            gateway = FailingOnceHealthGateway([], 5.0, "off", discovery=discovery, discovery_refresh_s=0.5)
+            await gateway.start()
+            assert gateway.urls == [url_a]
+            await _until(lambda: discovery.lookups >= 2, 30, "the lookup that raises")
+            dns.set_addresses(NAME, list(POD_ADDRESSES))
+            await _until(lambda: gateway.urls == [url_a, url_b], 30, "the joined server, after the failed lookup")
+            await _until(
+                lambda: all(not e.healthy for e in gateway.endpoints), 30, "the health check, after the failed round"
+            )
+            sample = gateway.metrics.registry.get_sample_value
+            assert sample("openpi_bridge_background_failures_total", {"task": "dns"}) == 1
+            assert sample("openpi_bridge_background_failures_total", {"task": "health"}) == 1
+            await gateway.close()
+
+    asyncio.run(scenario())
+
+
+def test_close_closes_the_channels_of_servers_still_retiring() -> None:
+    """A server that left DNS with a request in flight is closed by close(), not left open."""
+
+    async def scenario() -> None:
+        with DnsServer({NAME: list(POD_ADDRESSES)}) as dns:
+            gateway = TritonGateway([], 5.0, "off", discovery=DnsDiscovery(NAME, 8001, [dns.address]))
+            await gateway.refresh_servers()
+            leaving = gateway.endpoints[0]
+            leaving.begin()  # its request never finishes: the bridge shuts down first
+            dns.set_addresses(NAME, [POD_ADDRESSES[1]])
+            await gateway.refresh_servers()
+            assert list(gateway._retiring.values()) == [leaving]
+            await gateway.close()
+            with pytest.raises(Exception, match="Channel is closed"):
+                await leaving.client.is_server_live(client_timeout=1.0)
+            with pytest.raises(Exception, match="Channel is closed"):
+                await gateway.endpoints[0].client.is_server_live(client_timeout=1.0)
+
+    asyncio.run(scenario())
