@@ -71,13 +71,21 @@ class PlannerSlot(_Strict):
         return validate_prompt_format(value)
 
 
+# Every bridge asks the cluster's DNS once per refresh; Kubernetes' DNS keeps a record 5 s, so re-reading much
+# faster than this only adds load on it without finding pods sooner.
+MIN_DISCOVERY_REFRESH_S = 0.5
+
+
 class TritonDiscovery(_Strict):
     """Triton servers found by DNS name: every IPv4 address of ``name`` (a Kubernetes headless Service lists its
-    ready pods), read again every ``refresh_s``; a server that leaves finishes its requests in flight."""
+    ready pods), read again every ``refresh_s``; a server that leaves finishes its requests in flight.
+
+    A name ending in ``.`` is absolute: looked up as it is, without the search domains of /etc/resolv.conf (a
+    pod's ``ndots:5`` would otherwise try each search domain first, one NXDOMAIN each, on every refresh)."""
 
     name: str = Field(min_length=1)
     port: int = Field(default=8001, ge=1, le=65535)
-    refresh_s: float = Field(default=5.0, gt=0)
+    refresh_s: float = Field(default=5.0, ge=MIN_DISCOVERY_REFRESH_S)
     # DNS servers to ask ("address" or "address:port"); empty: the system's (/etc/resolv.conf).
     nameservers: list[str] = Field(default_factory=list)
 

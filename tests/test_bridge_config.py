@@ -52,6 +52,7 @@ def test_environment_overrides_one_field(monkeypatch: pytest.MonkeyPatch, tmp_pa
         ({"triton": {"shared_memory": "maybe"}}, "shared_memory"),
         ({"triton": {"urls": ["a:8001"], "discovery": {"name": "triton"}}}, "either 'urls'.*or 'discovery'"),
         ({"triton": {"discovery": {"name": "triton", "refresh_s": 0}}}, "refresh_s"),
+        ({"triton": {"discovery": {"name": "triton", "refresh_s": 0.1}}}, r"refresh_s\n.*greater than or equal to 0.5"),
         ({"triton": {"discovery": {"name": ""}}}, "discovery.name"),
         ({"triton": {"discovery": {"name": "t", "nameservers": ["dns.local"]}}}, "name server 'dns.local'"),
     ],
@@ -68,3 +69,11 @@ def test_cli_exits_2_on_a_bad_config(tmp_path: pathlib.Path) -> None:
         [sys.executable, "-m", "openpi_bridge", "--config", str(path)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2 and "not valid JSON" in result.stderr
+
+
+def test_discovery_takes_an_absolute_name_and_a_refresh_at_the_floor() -> None:
+    """The chart renders the headless Service's name with a trailing dot (no search-domain lookups)."""
+    name = "fleet-openpi-triton-triton.robots.svc.cluster.local."
+    config = BridgeConfig(triton={"discovery": {"name": name, "refresh_s": 0.5}})
+    assert config.triton.discovery is not None
+    assert (config.triton.discovery.name, config.triton.discovery.refresh_s) == (name, 0.5)

@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 
+import dns.name
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -294,3 +295,22 @@ def test_close_closes_the_channels_of_servers_still_retiring() -> None:
                 await gateway.endpoints[0].client.is_server_live(client_timeout=1.0)
 
     asyncio.run(scenario())
+
+
+def test_an_absolute_name_is_one_query_under_a_pods_search_domains() -> None:
+    """A pod's resolv.conf (``search <ns>.svc.cluster.local ...``, ``ndots:5``) makes a relative name of four
+    dots try every search domain first; the chart's name ends in a dot, so each refresh is one query."""
+    search = ["openpi-test.svc.cluster.local.", "svc.cluster.local.", "cluster.local."]
+
+    async def queries_for(name: str) -> tuple[list[str], int]:
+        with DnsServer({NAME: list(POD_ADDRESSES)}) as server:
+            discovery = DnsDiscovery(name, 8001, [server.address])
+            discovery.resolver.search = [dns.name.from_text(domain) for domain in search]
+            discovery.resolver.ndots = 5
+            urls = await discovery.urls()
+            return urls, server.queries
+
+    both = [f"{address}:8001" for address in POD_ADDRESSES]
+    assert asyncio.run(queries_for(NAME + ".")) == (both, 1)
+    urls, queries = asyncio.run(queries_for(NAME))
+    assert urls == both and queries == len(search) + 1  # what the trailing dot saves on every refresh
