@@ -35,6 +35,10 @@ VALUE_SETS = {
     "cpu-small": CHART / "ci" / "cpu-small-values.yaml",
     "multi-gpu": CHART / "ci" / "multi-gpu-values.yaml",
 }
+# values.yaml refuses to render without a Secret (robots on LoadBalancers): "default" is the documented install,
+# values.yaml plus the Secret's name.
+DEFAULT_SECRET = "openpi-auth"
+SET_ARGS = {"default": ["--set", f"auth.existingSecret={DEFAULT_SECRET}"]}
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("keda.sh/v1alpha1", "ScaledObject")}
 
 
@@ -52,7 +56,15 @@ def helm(*args: str) -> str:
 
 def value_args(value_set: str) -> list[str]:
     path = VALUE_SETS[value_set]
-    return [] if path is None else ["-f", str(path)]
+    return ([] if path is None else ["-f", str(path)]) + SET_ARGS.get(value_set, [])
+
+
+def render_error(*args: str) -> str:
+    """helm template's error for values the chart must refuse (it must refuse them)."""
+    command = [_tool(HELM), "template", RELEASE, str(CHART), "-n", NAMESPACE, "--kube-version", K8S_VERSION, *args]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode != 0, f"helm rendered {args} instead of refusing them"
+    return done.stderr
 
 
 def render(value_set: str, *extra: str) -> list[dict[str, Any]]:
@@ -100,6 +112,8 @@ def values(value_set: str) -> dict[str, Any]:
 
     merged = yaml.safe_load((CHART / "values.yaml").read_text())
     path = VALUE_SETS[value_set]
+    if value_set == "default":
+        merged["auth"]["existingSecret"] = DEFAULT_SECRET
     return merge(merged, yaml.safe_load(path.read_text())) if path else merged
 
 
@@ -156,13 +170,18 @@ def test_the_validators_reject_unknown_fields() -> None:
         ("autoscaling.engine=cpu", "at '/autoscaling/engine': value must be one of 'prometheus-adapter', 'keda'"),
         ("model.instanses=2", "at '/model': additional properties 'instanses' not allowed"),
         ("model.batchBuckets=1;2", "at '/model/batchBuckets'"),
+        (
+            "--set-json=bridge.discoveryRefreshSeconds=0.1",
+            "at '/bridge/discoveryRefreshSeconds': minimum: got 0.1, want 0.5",
+        ),
+        ("podDisruptionBudget.triton.minAvailable=0", "at '/podDisruptionBudget/triton/minAvailable'"),
+        ("auth.allowUnauthenticated=yes", "at '/auth/allowUnauthenticated'"),
     ],
 )
 def test_bad_values_are_refused_naming_the_value(setting: str, message: str) -> None:
     """values.schema.json: helm refuses the install before anything renders."""
-    command = [_tool(HELM), "template", RELEASE, str(CHART), "--kube-version", K8S_VERSION, f"--set={setting}"]
-    done = subprocess.run(command, capture_output=True, text=True)
-    assert done.returncode != 0 and message in done.stderr, done.stderr
+    error = render_error(*SET_ARGS["default"], setting if setting.startswith("--") else f"--set={setting}")
+    assert message in error, error
 
 
 # --- Triton pods -----------------------------------------------------------------------------------------
@@ -243,6 +262,24 @@ def test_multi_gpu_checkpoint_and_instances() -> None:
     assert "--instances=2" in command and "--dtype=bfloat16" in command
     (cache,) = [v for v in pod_spec(objects, "triton")["volumes"] if v["name"] == "cache"]
     assert cache == {"name": "cache", "persistentVolumeClaim": {"claimName": "openpi-checkpoints"}}
+    assert "envFrom" not in container(objects, "triton", "prepare-checkpoint")
+
+
+def test_checkpoint_credentials_reach_prepare_checkpoint_only() -> None:
+    """A private checkpoint's Secret: environment and files for the init container that copies it, nothing for
+    the Triton container."""
+    objects = render("multi-gpu", "--set", "model.checkpointCredentialsSecret=checkpoint-access")
+    prepare = container(objects, "triton", "prepare-checkpoint")
+    assert prepare["envFrom"] == [{"secretRef": {"name": "checkpoint-access"}}]
+    mount = {"name": "checkpoint-credentials", "mountPath": "/etc/openpi/checkpoint-credentials", "readOnly": True}
+    assert mount in prepare["volumeMounts"]
+    (volume,) = [v for v in pod_spec(objects, "triton")["volumes"] if v["name"] == "checkpoint-credentials"]
+    assert volume["secret"] == {"secretName": "checkpoint-access"}
+    triton = container(objects, "triton")
+    assert "envFrom" not in triton and all(m["name"] != "checkpoint-credentials" for m in triton["volumeMounts"])
+    for obj in objects:  # the added fields are real Kubernetes fields
+        if (obj["apiVersion"], obj["kind"]) not in CUSTOM_KINDS:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
 # --- bridge, Services, discovery -------------------------------------------------------------------------
@@ -263,7 +300,8 @@ def test_the_bridge_finds_triton_pods_through_the_headless_service(
     assert {"name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP"} in service["spec"]["ports"]
     config = BridgeConfig(**bridge_config(objects))  # the bridge's own validation accepts it
     assert config.triton.discovery is not None
-    assert config.triton.discovery.name == f"{PREFIX}-triton.{NAMESPACE}.svc.cluster.local"
+    # Absolute (trailing dot): one DNS query per refresh, not one per search domain of the pod (ndots:5).
+    assert config.triton.discovery.name == f"{PREFIX}-triton.{NAMESPACE}.svc.cluster.local."
     assert config.triton.discovery.port == 8001
     assert config.triton.shared_memory == "off"  # remote pods cannot map this pod's /dev/shm
     bridge = container(objects, "bridge")
@@ -302,8 +340,72 @@ def test_admin_is_in_no_service(rendered: tuple[str, list[dict[str, Any]]]) -> N
         policy = find(objects, "NetworkPolicy", f"{PREFIX}-bridge")["spec"]["ingress"]
         open_rule = next(rule for rule in policy if "from" not in rule)
         assert {p["port"] for p in open_rule["ports"]} == {"ws-action", "ws-planner", "quic-action", "quic-planner"}
-        admin_rule = next(rule for rule in policy if any(p["port"] == "admin" for p in rule["ports"]))
-        assert admin_rule["from"] == values(value_set)["networkPolicy"]["adminFrom"]
+        admin_rules = [rule for rule in policy if any(p["port"] == "admin" for p in rule["ports"])]
+        if admin_host(objects) == "0.0.0.0":
+            assert [rule["from"] for rule in admin_rules] == [values(value_set)["networkPolicy"]["adminFrom"]]
+        else:
+            assert admin_rules == []
+
+
+def admin_host(objects: list[dict[str, Any]]) -> str:
+    """Where the bridge's admin API listens, as the bridge reads it: the config file under the container's
+    environment (which the image's entrypoint would otherwise set to 0.0.0.0)."""
+    env = {e["name"]: e["value"] for e in container(objects, "bridge")["env"] if "value" in e}
+    assert "OPENPI_ADMIN__HOST" in env, "the entrypoint's default (0.0.0.0) would apply"
+    config = bridge_config(objects)
+    config.setdefault("admin", {})["host"] = env["OPENPI_ADMIN__HOST"]  # the environment wins over the file
+    return BridgeConfig(**config).admin.host
+
+
+def test_admin_leaves_the_pods_loopback_only_for_prometheus_and_then_needs_the_key(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    value_set, objects = rendered
+    v = values(value_set)
+    host = admin_host(objects)
+    assert host == ("0.0.0.0" if v["monitoring"]["podMonitor"]["enabled"] else "127.0.0.1")
+    env = {e["name"] for e in container(objects, "bridge")["env"]}
+    if host == "0.0.0.0":
+        assert "OPENPI_API_KEY" in env  # the admin API asks for it on every route but /metrics
+
+
+WEBSOCKET_OUT, QUIC_OUT = "bridge.service.websocket.type is", "bridge.service.quic.type is"
+ADMIN_OUT = "monitoring.podMonitor.enabled puts the admin API"
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ([], {WEBSOCKET_OUT + " LoadBalancer", QUIC_OUT + " LoadBalancer", ADMIN_OUT}),
+        (["bridge.service.websocket.type=NodePort", "bridge.service.quic.type=ClusterIP",
+          "monitoring.podMonitor.enabled=false"], {WEBSOCKET_OUT + " NodePort"}),
+        (["bridge.service.websocket.type=ClusterIP", "bridge.service.quic.type=NodePort",
+          "monitoring.podMonitor.enabled=false"], {QUIC_OUT + " NodePort"}),
+        (["bridge.service.websocket.type=ClusterIP", "bridge.service.quic.type=ClusterIP"], {ADMIN_OUT}),
+    ],
+)  # fmt: skip
+def test_no_secret_is_refused_where_robots_or_admin_are_reachable(settings: list[str], named: set[str]) -> None:
+    """values.yaml as shipped, and each way of reaching the bridge past its own pod, without a Secret: the
+    error names exactly what is reachable and both ways out."""
+    error = render_error(*(f"--set={s}" for s in settings))
+    assert "auth.existingSecret is empty" in error and "auth.allowUnauthenticated=true" in error, error
+    for what in (WEBSOCKET_OUT, QUIC_OUT, ADMIN_OUT):
+        assert (what in error) == any(n.startswith(what) for n in named), f"{what!r}: {error}"
+    for what in named:
+        assert what in error, error
+
+
+def test_unauthenticated_only_by_choice_or_inside_the_cluster() -> None:
+    """The explicit opt-out renders (no key anywhere); so do ClusterIP Services with admin on loopback."""
+    opted_out = render("default", "--set", "auth.existingSecret=", "--set", "auth.allowUnauthenticated=true")
+    env = {e["name"] for e in container(opted_out, "bridge")["env"]}
+    assert not env & {"OPENPI_API_KEY", "OPENPI_QUIC_TOKEN"}
+    internal = render(
+        "default", "--set", "auth.existingSecret=", "--set", "bridge.service.websocket.type=ClusterIP",
+        "--set", "bridge.service.quic.type=ClusterIP", "--set", "monitoring.podMonitor.enabled=false",
+    )  # fmt: skip
+    assert admin_host(internal) == "127.0.0.1"
+    assert find(internal, "Service", f"{PREFIX}-websocket")["spec"]["type"] == "ClusterIP"
 
 
 def test_secrets_come_from_a_secret_never_from_values(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -332,7 +434,13 @@ def test_values_hold_no_secret() -> None:
             yield path, node
 
     # Names of Secrets and of keys inside them, never their contents.
-    allowed = {".auth.existingSecret", ".auth.apiKeyKey", ".auth.quicTokenKey", ".imagePullSecrets"}
+    allowed = {
+        ".auth.existingSecret",
+        ".auth.apiKeyKey",
+        ".auth.quicTokenKey",
+        ".imagePullSecrets",
+        ".model.checkpointCredentialsSecret",
+    }
     for value_set in VALUE_SETS:
         for path, _ in walk(values(value_set), ""):
             leaf = path.rsplit(".", 1)[-1].lower()
@@ -387,7 +495,13 @@ def test_disruption_budgets_and_pod_monitors() -> None:
     for component in ("triton", "bridge"):
         pdb = find(objects, "PodDisruptionBudget", f"{PREFIX}-{component}")["spec"]
         labels = find(objects, "Deployment", f"{PREFIX}-{component}")["spec"]["template"]["metadata"]["labels"]
-        assert pdb["maxUnavailable"] == 1 and pdb["selector"]["matchLabels"].items() <= labels.items()
+        assert pdb["maxUnavailable"] == 1 and "minAvailable" not in pdb
+        assert pdb["selector"]["matchLabels"].items() <= labels.items()
+    # A single Triton pod: drains may be made to wait for a second one instead of evicting it.
+    waiting = render("default", "--set", "podDisruptionBudget.triton.minAvailable=1")
+    pdb = find(waiting, "PodDisruptionBudget", f"{PREFIX}-triton")["spec"]
+    assert pdb["minAvailable"] == 1 and "maxUnavailable" not in pdb
+    kubernetes_validate.validate(find(waiting, "PodDisruptionBudget", f"{PREFIX}-triton"), K8S_VERSION, strict=True)
     triton = find(objects, "PodMonitor", f"{PREFIX}-triton")["spec"]["podMetricsEndpoints"]
     bridge = find(objects, "PodMonitor", f"{PREFIX}-bridge")["spec"]["podMetricsEndpoints"]
     assert [(e["port"], e["path"]) for e in triton] == [("metrics", "/metrics")]
