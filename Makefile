@@ -46,15 +46,31 @@ HELM_LDFLAGS := -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
 	-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=$(word 1,$(subst ., ,$(K8S_VERSION))) \
 	-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(word 2,$(subst ., ,$(K8S_VERSION)))
 
-$(K8S_TOOLS)/helm:
-	GOBIN=$(abspath $(K8S_TOOLS)) $(GO) install \
-		-ldflags "$(HELM_LDFLAGS)" helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+# The version is in the file name: a new HELM_VERSION is a file that does not exist yet, so it gets built.
+HELM := $(K8S_TOOLS)/helm-$(HELM_VERSION)
+# crdcheck is rebuilt when its sources or pinned modules (go.mod, go.sum) change.
+CRDCHECK := $(K8S_TOOLS)/crdcheck
+GO_NEEDED := $(shell sed -n 's/^go //p' deploy/helm/crdcheck/go.mod)
+# A missing Go fails here, saying what is needed, not as a bare "command not found" halfway through.
+REQUIRE_GO = @$(GO) version >/dev/null 2>&1 || { echo "[k8s-check] Go $(GO_NEEDED) or newer is needed to \
+build helm and crdcheck, and '$(GO)' does not run: install Go from https://go.dev/dl into /usr/local/go \
+(Debian's golang is older), or run make GO=/path/to/go" >&2; exit 1; }
 
-$(K8S_TOOLS)/crdcheck: deploy/helm/crdcheck/main.go deploy/helm/crdcheck/go.mod deploy/helm/crdcheck/go.sum
+$(HELM):
+	$(REQUIRE_GO)
+	@echo "[k8s-check] building helm $(HELM_VERSION) from Go modules with $$($(GO) version) (first run: several minutes)"
+	@mkdir -p $(K8S_TOOLS)/tmp
+	GOBIN=$(abspath $(K8S_TOOLS)/tmp) $(GO) install \
+		-ldflags "$(HELM_LDFLAGS)" helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mv $(K8S_TOOLS)/tmp/helm $@
+
+$(CRDCHECK): deploy/helm/crdcheck/main.go deploy/helm/crdcheck/go.mod deploy/helm/crdcheck/go.sum
+	$(REQUIRE_GO)
+	@echo "[k8s-check] building crdcheck (prometheus-operator and KEDA API types) from Go modules (first run: minutes)"
 	cd deploy/helm/crdcheck && $(GO) build -o $(abspath $@) .
 
-k8s-check: venv $(K8S_TOOLS)/helm $(K8S_TOOLS)/crdcheck
-	HELM=$(K8S_TOOLS)/helm CRDCHECK=$(K8S_TOOLS)/crdcheck K8S_VERSION=$(K8S_VERSION) \
+k8s-check: venv $(HELM) $(CRDCHECK)
+	HELM=$(HELM) CRDCHECK=$(CRDCHECK) K8S_VERSION=$(K8S_VERSION) \
 		$(PY) -m pytest -q -p no:cacheprovider deploy/helm/tests
 
 # Every case of a golden-format folder against the native runtime; non-zero exit if outside tolerance.

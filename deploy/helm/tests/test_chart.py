@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,7 +27,9 @@ REPO = pathlib.Path(__file__).resolve().parents[3]
 CHART = REPO / "deploy" / "helm" / "openpi-triton"
 ADAPTER_RULES = REPO / "deploy" / "helm" / "prometheus-adapter-rules.yaml"
 K8S_VERSION = os.environ.get("K8S_VERSION", "1.34.0")
-HELM = os.environ.get("HELM", str(REPO / ".cache" / "k8s-tools" / "helm"))
+# Without make: the helm that `make k8s-check` builds, named after the Makefile's HELM_VERSION.
+_HELM_VERSION = re.search(r"^HELM_VERSION := (\S+)$", (REPO / "Makefile").read_text(), re.M)
+HELM = os.environ.get("HELM", str(REPO / ".cache" / "k8s-tools" / f"helm-{_HELM_VERSION and _HELM_VERSION[1]}"))
 CRDCHECK = os.environ.get("CRDCHECK", str(REPO / ".cache" / "k8s-tools" / "crdcheck"))
 RELEASE, NAMESPACE = "fleet", "robots"
 PREFIX = f"{RELEASE}-openpi-triton"
