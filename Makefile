@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 GOLDEN ?= ../shared/golden
 
 .PHONY: venv lint test golden-check default-model bench serve clean flash-transport flash-transport-release \
-	perf perf-sweep perf-fleet perf-analyzer perf-capacity k8s-check
+	perf perf-sweep perf-fleet perf-analyzer perf-capacity perf-scheduler k8s-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -118,6 +118,11 @@ perf-fleet: venv default-model flash-transport-release
 CURVE ?= pi05_published
 perf-capacity: venv default-model flash-transport-release
 	$(PY) -m perf.capacity --cost-curve $(CURVE)
+
+# The robot scheduler (queue delay, preferred batch sizes, stale deadline) measured on the cost curve, SIMULATED;
+# results in perf/results/scheduler-<date>/.
+perf-scheduler: venv default-model
+	$(PY) -m perf.scheduler --cost-curve $(CURVE)
 
 # Soak test: a fresh stack (Triton + bridge + QUIC sidecar) and 16 robots (4 on QUIC) at 0.9 Hz each for 5 min,
 # every answer checked against the robot's reference; fails on a lost/wrong answer, >10 % RSS growth or p99 drift.

@@ -27,6 +27,15 @@ class ObservationError(RobotError):
     """The robot sent something the served model cannot take; the message says what."""
 
 
+class StaleObservationError(RuntimeError):
+    """The observation waited in the model's queue past its deadline (Triton's queue policy, set to a control
+    period) and was not computed: an answer that late would steer the robot from where it no longer is."""
+
+
+# Triton's words for a request its queue policy rejected (``timeout_action: REJECT``), direct or through a BLS.
+QUEUE_TIMEOUT_MESSAGE = "Request timeout expired"
+
+
 # Names of the bridge's shared-memory regions are internal: a robot has no use for them.
 _REGION_NAME = re.compile(r"openpi_bridge_\d+_\d+")
 
@@ -44,14 +53,17 @@ class TritonCallError(RuntimeError):
         self.triton_message = message
         self.status = status
         self.invalid_argument = "INVALID_ARG" in status
-        # The server could not be reached or does not have the model: the request never ran there.
-        self.not_executed = "UNAVAILABLE" in status or ("NOT_FOUND" in status and "unknown model" in message.lower())
+        self.stale = QUEUE_TIMEOUT_MESSAGE in message
+        # The server could not be reached or does not have the model: the request never ran there. (A stale
+        # rejection is UNAVAILABLE too, but the server is fine: its queue was longer than the deadline.)
+        unreachable = "UNAVAILABLE" in status and not self.stale
+        self.not_executed = unreachable or ("NOT_FOUND" in status and "unknown model" in message.lower())
 
 
 def robot_message(exc: BaseException, slot: str) -> str:
     if isinstance(exc, TritonCallError):
         return _triton_message(exc)
-    if isinstance(exc, RobotError | ServingError | DecodeError | FrameError):
+    if isinstance(exc, RobotError | ServingError | StaleObservationError | DecodeError | FrameError):
         return f"{type(exc).__name__}: {exc}"
     logger.exception("%s slot: unexpected error while serving a request", slot, exc_info=exc)
     return f"internal error in the bridge ({type(exc).__name__}); the bridge log has the details"
@@ -67,6 +79,8 @@ def outcome_of(exc: BaseException) -> str:
         return "robot_error"
     if isinstance(exc, ServingError):
         return "server_error"
+    if isinstance(exc, StaleObservationError):
+        return "stale"
     return "internal"
 
 

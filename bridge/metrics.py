@@ -4,7 +4,8 @@ Every robot request is counted once with its outcome, so an operator can alert o
 
 - ``openpi_bridge_requests_total{slot, transport, outcome}``: outcome ``ok``, ``robot_error`` (bad frame,
   wrong field, a limit), ``triton_error``, ``timeout`` (Triton call deadline), ``server_error`` (e.g.
-  non-finite actions held back), ``internal`` (a bug of ours, logged with its traceback);
+  non-finite actions held back), ``stale`` (waited past the model's queue deadline, not computed), ``internal``
+  (a bug of ours, logged with its traceback);
 - ``openpi_bridge_request_seconds{slot, transport}``: end to end, frame received to answer sent;
 - ``openpi_bridge_triton_seconds{model}`` and ``openpi_bridge_triton_failures_total{model, status}``: each
   Triton call, and failed ones by Triton's status (Triton 2.51 counts a model's error responses as successes);

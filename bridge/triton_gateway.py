@@ -14,7 +14,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from openpi_bridge import offload, request_timing
-from openpi_bridge.errors import ObservationError, TritonCallError
+from openpi_bridge.errors import ObservationError, StaleObservationError, TritonCallError
 from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.shared_memory import Region, SharedMemoryPool
 from openpi_bridge.triton_discovery import DiscoveryError, DnsDiscovery
@@ -47,6 +47,8 @@ class ModelInterface:
     metadata: dict[str, Any]
     fetched_at: float
     parameters: dict[str, str] = dataclasses.field(default_factory=dict)
+    # The model's queue deadline (dynamic_batching.default_queue_policy), None when it has none.
+    stale_after_ms: float | None = None
 
     @property
     def groups(self) -> set[tuple[str, ...]]:
@@ -67,7 +69,10 @@ def interface_from_config(name: str, config: Mapping[str, Any]) -> ModelInterfac
     }
     outputs = tuple(o["name"] for o in config.get("output", []))
     parameters = {k: str(v.get("string_value", "")) for k, v in (config.get("parameters") or {}).items()}
-    return ModelInterface(name, inputs, outputs, robot_metadata(config), time.monotonic(), parameters)
+    policy = (config.get("dynamic_batching") or {}).get("default_queue_policy") or {}
+    timeout_us = int(policy.get("default_timeout_microseconds", 0) or 0)
+    stale_after_ms = timeout_us / 1000.0 if timeout_us else None
+    return ModelInterface(name, inputs, outputs, robot_metadata(config), time.monotonic(), parameters, stale_after_ms)
 
 
 def robot_name(tensor: str) -> str:
@@ -515,6 +520,15 @@ class TritonGateway:
             request_timing.current().model_timing(timing, is_local(endpoint.url))
         return outputs
 
+    def _stale_message(self, model: str) -> str:
+        cached = self._interfaces.get(model)
+        deadline = cached.stale_after_ms if cached is not None else None
+        waited = f"more than {deadline:g} ms" if deadline else "past its deadline"
+        return (
+            f"the observation waited {waited} in the queue of model '{model}' and was not computed (the server is "
+            "busier than the control period allows; default_queue_policy in its config.pbtxt); send a fresh one"
+        )
+
     async def _infer_on(self, endpoint: Endpoint, model: str, arrays: list[tuple[InputSpec, np.ndarray]]) -> Any:
         timing = request_timing.current()
         for attempt in (1, 2):
@@ -539,6 +553,8 @@ class TritonGateway:
                     await endpoint.pool.reset()
                     continue
                 error = TritonCallError(model, status, message)
+                if error.stale:
+                    raise StaleObservationError(self._stale_message(model)) from None
                 if error.not_executed and (len(self.endpoints) > 1 or self.discovery is not None):
                     endpoint.healthy = False
                     logger.warning(

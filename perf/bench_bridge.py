@@ -1,6 +1,6 @@
 """Transport overheads, side by side in one run: direct gRPC, WebSocket via the bridge, QUIC via the sidecars.
 
-    python perf/bench_bridge.py [--iters 200]
+    python perf/bench_bridge.py [--iters 200] [--results perf/results/bridge-<date>]
 
 Bridge overhead = WebSocket round trip through the bridge minus the direct gRPC round trip to the same
 model. The QUIC path is FlashTransportPolicy -> client binary -> QUIC -> server binary -> bridge.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import shutil
 import statistics
@@ -39,9 +40,40 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def write_results(results: pathlib.Path, iters: int, paths: dict[str, list[float]], argv: list[str] | None) -> None:
+    import datetime
+    import platform
+
+    summary = {
+        name: {"p50_ms": round(percentile(v, 50), 2), "p99_ms": round(percentile(v, 99), 2)}
+        for name, v in paths.items()
+    }
+    report = {
+        "command": "python perf/bench_bridge.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores",
+        "iters": iters,
+        "paths": summary,
+    }
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "bridge.json").write_text(json.dumps(report, indent=1) + "\n")
+    lines = [
+        "# Bridge overhead",
+        "",
+        f"Command: `{report['command'].strip()}`. Machine: {report['machine']}. {report['date']}. {iters} alternating "
+        "rounds, ALOHA observation (four 3x224x224 images), `action` on the embedded default with 1 flow step.",
+        "",
+        "| path | p50 ms | p99 ms |",
+        "| --- | --- | --- |",
+        *(f"| {name} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} |" for name, v in summary.items()),
+    ]
+    (results / "bridge.md").write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--results", type=pathlib.Path, help="also write bridge.json and bridge.md here")
     args = parser.parse_args(argv)
     import tritonclient.grpc as grpcclient
     from openpi_client.websocket_client_policy import WebsocketClientPolicy
@@ -88,14 +120,17 @@ def main(argv: list[str] | None = None) -> int:
             grpc_ms.append((end - mid) * 1000)
             diff_ms.append(ws_ms[-1] - grpc_ms[-1])
         print(f"{'path':<28} {'p50 ms':>8} {'p99 ms':>8}")
-        for name, values in (
-            ("WebSocket via bridge", ws_ms),
-            ("QUIC via sidecars + bridge", quic_ms),
-            ("direct gRPC", grpc_ms),
-            ("bridge overhead (paired)", diff_ms),
-        ):
+        paths = {
+            "WebSocket via the bridge": ws_ms,
+            "QUIC via client + server sidecars + bridge": quic_ms,
+            "direct gRPC to the same model": grpc_ms,
+            "bridge overhead (WebSocket minus direct gRPC, paired)": diff_ms,
+        }
+        for name, values in paths.items():
             print(f"{name:<28} {percentile(values, 50):>8.2f} {percentile(values, 99):>8.2f}")
         print(f"median of overhead: {statistics.median(diff_ms):.2f} ms over {args.iters} pairs")
+        if args.results is not None:
+            write_results(args.results, args.iters, paths, argv)
     finally:
         if quic_client is not None:
             quic_client.close()

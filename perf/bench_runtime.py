@@ -60,14 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", help="SentencePiece model (default: the embedded default's)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--batch-sizes", default="1,2,4,8")
+    parser.add_argument("--subtask-batch-sizes", help="those of --batch-sizes that also time a subtask (default: all)")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--no-planner", action="store_true")
     parser.add_argument("--json", type=pathlib.Path, help="also write the results here")
+    parser.add_argument("--results", type=pathlib.Path, help="also write bench.json and bench.md into this folder")
     args = parser.parse_args(argv)
     if bool(args.size) == bool(args.checkpoint):
         parser.error("give exactly one of --size or --checkpoint")
 
     batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    subtask_sizes = tuple(int(b) for b in (args.subtask_batch_sizes or args.batch_sizes).split(","))
     default = tiny.ensure_embedded_default()
     sp = tokenizer.load_sentencepiece(args.tokenizer or default.tokenizer_path)
     config = get_policy_config(args.config)
@@ -88,19 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     planner = None
     planner_compile: dict[int, float] = {}
     if not args.no_planner:
-        planner = SubtaskPlanner(params, sp, PlannerOptions(dtype=dtype, batch_buckets=batch_sizes))
+        planner = SubtaskPlanner(params, sp, PlannerOptions(dtype=dtype, batch_buckets=subtask_sizes))
         planner_compile = planner.warmup(early_exit=False)
     del params
 
     rng = np.random.default_rng(0)
     observations = [
-        config.embodiment.example(rng, "pick up the red cube and put it in the bowl") for _ in range(max(batch_sizes))
+        config.embodiment.example(rng, "pick up the red cube and put it in the bowl")
+        for _ in range(max(batch_sizes + subtask_sizes))
     ]
     rows = []
     for b in batch_sizes:
         row: dict[str, Any] = {"batch": b, "compile_s": round(compile_s[b], 2)}
         row["action_ms"] = round(_timed(lambda b=b: policy.infer_batch(observations[:b]), args.iters), 2)
-        if planner is not None:
+        if planner is not None and b in subtask_sizes:
             prepared = [planner.prepare_observation(o) for o in observations[:b]]
             row["planner_compile_s"] = round(planner_compile[b], 2)
             row["subtask_ms"] = round(
@@ -128,7 +132,40 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peak memory: {peak:.0f} MiB")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))
+    if args.results:
+        write_results(args.results, summary, args, argv)
     return 0
+
+
+def write_results(results: pathlib.Path, summary: dict[str, Any], args: argparse.Namespace, argv: Any) -> None:
+    import datetime
+    import os
+    import platform
+
+    summary = {
+        "command": "python perf/bench_runtime.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores",
+        "iters": args.iters,
+        **summary,
+    }
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "bench.json").write_text(json.dumps(summary, indent=1) + "\n")
+    lines = [
+        "# Runtime benchmark",
+        "",
+        f"Command: `{summary['command'].strip()}`. Machine: {summary['machine']}, device {summary['device']}, "
+        f"{summary['dtype']}. {summary['date']}. Medians of {args.iters} warm calls; peak memory "
+        f"{summary['peak_memory_mb']:.0f} MiB.",
+        "",
+        "| batch | compile s | action ms / call | subtask ms / call |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| {r['batch']} | {r['compile_s']} | {r['action_ms']:.0f} | {r.get('subtask_ms', 0):.0f} |"
+            for r in summary["rows"]
+        ),
+    ]
+    (results / "bench.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

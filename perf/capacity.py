@@ -47,6 +47,9 @@ TRANSPORTS = (*OURS, VIA_BLS, BASELINE)
 # Robots that were answered together send again within milliseconds of each other: a short queue delay lets
 # them share the next call instead of splitting into a batch of 1 and one of the rest (docs/performance.md).
 FLEET_SCHEDULER = Scheduler(queue_delay_us=10_000)
+# Every batch size compiled: whatever size the batcher forms is computed as it is, never padded up to a bucket
+# (padding costs the rows it adds: on CPU nearly linearly, under the curve its price for the bucket).
+FLEET_BUCKETS = "1,2,3,4,5,6,7,8"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +61,7 @@ class CapacityOptions:
     tiny_robots: tuple[int, ...] = (1, 8)
     tiny_num_steps: int = 10
     scheduler: Scheduler = FLEET_SCHEDULER
+    batch_buckets: str = FLEET_BUCKETS
 
 
 def _at(rows: Sequence[Mapping[str, Any]], transport: str, robots: int) -> Mapping[str, Any] | None:
@@ -120,7 +124,7 @@ def tiny_goals(rows: Sequence[Mapping[str, Any]]) -> list[Goal]:
     return goals
 
 
-def curve_ceiling(curve: cost_curve.CostCurve, buckets: Sequence[int] = (1, 2, 4, 8)) -> dict[str, float]:
+def curve_ceiling(curve: cost_curve.CostCurve, buckets: Sequence[int] = range(1, 9)) -> dict[str, float]:
     """The most observations per second any server can get from one model instance under ``curve``."""
     best = max(buckets, key=curve.throughput_hz)
     return {"batch": best, "hz": round(curve.throughput_hz(best), 1), "batch1_hz": round(curve.throughput_hz(1), 1)}
@@ -164,14 +168,15 @@ def _fleet_table(rows: Sequence[Mapping[str, Any]], label: str) -> list[str]:
 
 def breakdown_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The 1-robot ``server_timing`` medians of our transports (where the server says the time went)."""
-    lines = []
-    for transport in OURS:
-        row = _at(rows, transport, 1)
-        timing = (row or {}).get("server_timing_p50")
+    timings = {t: (_at(rows, t, 1) or {}).get("server_timing_p50") for t in OURS}
+    keys = sorted({k for timing in timings.values() if timing for k in timing})
+    if not keys:
+        return []
+    lines = ["| transport | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys)]
+    for transport, timing in timings.items():
         if timing:
-            if not lines:
-                lines = ["| transport | " + " | ".join(timing) + " |", "| --- |" + " --- |" * len(timing)]
-            lines.append(f"| {transport} | " + " | ".join(f"{v:.2f}" for v in timing.values()) + " |")
+            cells = [f"{timing[k]:.2f}" if k in timing else "" for k in keys]
+            lines.append(f"| {transport} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -193,7 +198,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"{sim['model']}. Curve: {points} ({curve['description']}; source: {curve['source']}). "
         f"Both servers wait the curve's time for each call; our robots go through the bridge and Triton's "
-        f"dynamic batcher ({scheduler}) to `action`, `{VIA_BLS}` through the BLS too. The curve allows at most "
+        f"dynamic batcher ({scheduler}; compiled batch sizes {report['batch_buckets']}) to `action`, `{VIA_BLS}` "
+        "through the BLS too. The curve allows at most "
         f"{ceiling['hz']} observations/s on one instance (batch {ceiling['batch']}), {ceiling['batch1_hz']} at "
         "batch 1 (openpi-server's one call at a time).",
         "",
@@ -201,7 +207,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         "## Real tiny model on this CPU",
         "",
-        f"{tiny['model']}.",
+        f"{tiny['model']}; Triton's dynamic batcher as served ({tiny['scheduler']}), compiled batch sizes "
+        f"{report['batch_buckets']}.",
         "",
         *_fleet_table(tiny["rows"], "Triton executions by batch size"),
         "",
@@ -223,14 +230,16 @@ def run(options: CapacityOptions, results: pathlib.Path, command: str) -> dict[s
     print(f"[capacity] logs and per-phase fleet files in {work}", flush=True)
     timing = dict(rate_hz=options.rate_hz, duration_s=options.duration_s)
     fleet = FleetOptions(robots=options.simulated_robots, transports=(*OURS, BASELINE), **timing)
-    scheduled = RepositoryVariant(parameters=simulated_model.parameters(), scheduler=options.scheduler)
+    buckets = {"batch_buckets": options.batch_buckets}
+    scheduled = RepositoryVariant(parameters={**simulated_model.parameters(), **buckets}, scheduler=options.scheduler)
     sim_rows, _ = run_fleet(fleet, simulated_model, work / "simulated", repository=scheduled)
     if 8 in options.simulated_robots:
         bls = FleetOptions(robots=(8,), transports=("websocket",), ensemble=True, **timing)
         bls_rows, _ = run_fleet(bls, simulated_model, work / "simulated-bls", repository=scheduled)
         sim_rows += [{**r, "transport": VIA_BLS} for r in bls_rows]
     tiny = FleetOptions(robots=options.tiny_robots, transports=(*OURS, BASELINE), **timing)
-    tiny_rows, _ = run_fleet(tiny, tiny_model, work / "tiny")
+    tiny_variant = RepositoryVariant(parameters={**tiny_model.parameters(), **buckets})
+    tiny_rows, _ = run_fleet(tiny, tiny_model, work / "tiny", repository=tiny_variant)
     goals = simulated_goals(sim_rows, curve.name) + tiny_goals(tiny_rows)
     report: dict[str, Any] = {
         "command": command,
@@ -240,8 +249,14 @@ def run(options: CapacityOptions, results: pathlib.Path, command: str) -> dict[s
         "duration_s": options.duration_s,
         "cost_curve": curve.as_dict(),
         "curve_ceiling": curve_ceiling(curve),
+        "batch_buckets": options.batch_buckets,
         "simulated": {"model": simulated_model.describe(), "scheduler": options.scheduler.label(), "rows": sim_rows},
-        "tiny": {"model": tiny_model.describe(), "rows": tiny_rows, "overhead_p50_ms": overhead_ms(tiny_rows)},
+        "tiny": {
+            "model": tiny_model.describe(),
+            "scheduler": Scheduler().label(),
+            "rows": tiny_rows,
+            "overhead_p50_ms": overhead_ms(tiny_rows),
+        },
         "goals": [dataclasses.asdict(g) for g in goals],
     }
     report["final_line"] = final_line(report)
@@ -257,7 +272,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per step")
     parser.add_argument("--rate", type=float, default=10.0, help="control rate of every robot (Hz)")
     parser.add_argument("--results", type=pathlib.Path, help="default perf/results/capacity-<date>/")
+    parser.add_argument("--render", type=pathlib.Path, help="only write capacity.md again from this capacity.json")
     args = parser.parse_args(argv)
+    if args.render:
+        args.render.with_name("capacity.md").write_text(render_markdown(json.loads(args.render.read_text())))
+        return 0
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
     results = args.results or pathlib.Path(__file__).resolve().parent / "results" / f"capacity-{stamp}"
     options = CapacityOptions(cost_curve=args.cost_curve, duration_s=args.duration, rate_hz=args.rate)

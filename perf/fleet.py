@@ -134,6 +134,7 @@ def summarize(transport: str, robots: int, options: FleetOptions, outcomes: Sequ
         "missed": missed,
         "missed_fraction": round(missed / latencies.size, 4) if latencies.size else 1.0,
         "errors": sum(o.errors for o in outcomes),
+        "stale": sum(o.stale for o in outcomes),
     }
     if timings:
         keys = sorted({k for t in timings for k in t})

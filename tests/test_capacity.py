@@ -19,13 +19,15 @@ from openpi_triton.domain.configs import get_policy_config
 from openpi_triton.native.policy import PolicyOptions
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.readiness import accepts_tcp, wait_until
+from openpi_triton.scheduler import Scheduler
 from openpi_triton.simulated_policy import SimulatedPolicy, load_simulated_policy
 from openpi_triton.triton.launcher import TritonServer, free_ports
 from openpi_triton.triton.model_params import ActionParams, ParameterError
 from perf import capacity, triton_stats
 from perf.input_data import observations
 from perf.repository import RepositoryVariant, build_repository, serving
-from perf.robots import Endpoint, GrpcPolicy
+from perf.robots import STALE, Endpoint, GrpcPolicy
+from tests.conftest import start_bridge_process, stop_bridge_process
 
 # Fast enough for a test, with the shape of a GPU's curve: batch 4 costs 1.6x batch 1.
 TEST_CURVE = {"name": "test_gpu", "description": "test", "source": "tests", "ms_per_call": {"1": 50, "2": 60, "4": 80}}
@@ -60,6 +62,18 @@ def simulated_triton(
     repo = build_repository(work / "repo", RepositoryVariant(parameters=parameters), ["action"])
     with serving(repo, ["action"], work / "triton.log") as server:
         yield server
+
+
+def test_the_scheduler_writes_triton_s_dynamic_batching_block() -> None:
+    robots = Scheduler.for_buckets((1, 2, 4, 8), queue_delay_us=10_000, stale_after_us=100_000)
+    assert robots.preferred_batch_sizes == (2, 4, 8)
+    assert robots.dynamic_batching() == (
+        "dynamic_batching {\n  max_queue_delay_microseconds: 10000\n  preferred_batch_size: [ 2, 4, 8 ]\n"
+        "  default_queue_policy { timeout_action: REJECT default_timeout_microseconds: 100000 }\n}"
+    )
+    assert Scheduler().dynamic_batching() == "dynamic_batching {\n  max_queue_delay_microseconds: 0\n}"
+    with pytest.raises(ValueError, match="delays must be >= 0"):
+        Scheduler(queue_delay_us=-1)
 
 
 def test_the_curve_interpolates_and_extends_the_last_slope() -> None:
@@ -154,6 +168,48 @@ def test_openpi_server_serves_the_same_simulated_policy(
         server.wait(timeout=30)
 
 
+def test_an_observation_older_than_the_deadline_is_answered_stale(
+    embedded_default: EmbeddedDefault, tmp_path: pathlib.Path
+) -> None:
+    """Robots behind a busy model: the queue deadline answers the late ones as stale, in the robot's terms, and
+    the robot's next call is served."""
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    curve = tmp_path / "slow.json"
+    curve.write_text(json.dumps({"ms_per_call": {"1": 300, "4": 320}}))
+    parameters = {
+        "runtime": "simulated", "cost_curve": str(curve), "checkpoint_dir": str(embedded_default.checkpoint_dir),
+        "tokenizer_path": str(embedded_default.tokenizer_path), "batch_buckets": "1,4",
+    }  # fmt: skip
+    variant = RepositoryVariant(parameters=parameters, scheduler=Scheduler(stale_after_us=30_000))
+    repo = build_repository(tmp_path / "repo", variant, ["action"])
+    robots = observations(get_policy_config("pi05_aloha").embodiment, 4, seed=5)
+    with serving(repo, ["action"], tmp_path / "triton.log") as server:
+        bridge = start_bridge_process(server.grpc_url, tmp_path, planner=None)
+        try:
+
+            def call(obs: dict) -> str:
+                robot = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
+                try:
+                    return "answered" if robot.infer(obs)["actions"].shape == (50, 14) else "wrong"
+                except RuntimeError as exc:
+                    return str(exc)
+
+            outcomes: list[str] = []
+            for _ in range(3):  # one call runs 300 ms; those queued behind it pass the 30 ms deadline
+                with concurrent.futures.ThreadPoolExecutor(len(robots)) as pool:
+                    outcomes += list(pool.map(call, robots))
+                if any(STALE in o for o in outcomes):
+                    break
+            stale = [o for o in outcomes if STALE in o]
+            assert stale and "answered" in outcomes, outcomes
+            assert "waited more than 30 ms in the queue of model 'action'" in stale[0]
+            assert "send a fresh one" in stale[0]
+            assert call(robots[0]) == "answered"  # the server itself is fine
+        finally:
+            stop_bridge_process(bridge)
+
+
 def _wait_until_listening(server: subprocess.Popen[bytes], port: int, log: pathlib.Path) -> None:
     """openpi's server opens its port once the policy is loaded."""
 
@@ -189,8 +245,9 @@ def test_capacity_goals_and_report_come_from_the_rows() -> None:
     report = {
         "command": "test", "date": "today", "machine": "m", "rate_hz": 10.0, "duration_s": 15.0,
         "cost_curve": cost_curve.load().as_dict(), "curve_ceiling": capacity.curve_ceiling(cost_curve.load()),
+        "batch_buckets": "1,2,3,4,5,6,7,8",
         "simulated": {"model": "SIMULATED x", "scheduler": "delay 10 ms", "rows": sim},
-        "tiny": {"model": "tiny", "rows": tiny, "overhead_p50_ms": capacity.overhead_ms(tiny)},
+        "tiny": {"model": "tiny", "scheduler": "-", "rows": tiny, "overhead_p50_ms": capacity.overhead_ms(tiny)},
         "goals": [{"name": g.name, "measured": g.measured, "met": g.met} for g in goals.values()],
     }  # fmt: skip
     report["final_line"] = capacity.final_line(report)
@@ -208,3 +265,20 @@ def test_the_simulated_runtime_refuses_rtc_requests(local_policy: SimulatedPolic
     with pytest.raises(ValueError, match=r"'rtc': the simulated runtime has no model to guide"):
         local_policy.prepare(obs)
     assert "rtc" not in local_policy.infer({k: v for k, v in obs.items() if k != "rtc"})
+
+
+def test_docs_tables_are_copies_of_committed_results(tmp_path: pathlib.Path) -> None:
+    from perf import doc_tables
+
+    blocks = [b for path in doc_tables.documents() for b in doc_tables.BLOCK.findall(path.read_text())]
+    assert len(blocks) >= 8 and all((doc_tables.REPO / b[1]).is_file() for b in blocks)
+    assert doc_tables.main(["--check"]) == 0, "run `python -m perf.doc_tables` after committing new results"
+    source = tmp_path / "r.md"
+    source.write_text("# x\n\n| a |\n| --- |\n| 1 |\n\ntext\n\n| b |\n| --- |\n| 2 |\n")
+    doc = "before\n<!-- table: r.md 2 -->\nold\n<!-- end table -->\nafter\n"
+    assert (
+        doc_tables.render(doc, tmp_path)
+        == "before\n<!-- table: r.md 2 -->\n| b |\n| --- |\n| 2 |\n<!-- end table -->\nafter\n"
+    )
+    with pytest.raises(ValueError, match="no table 3"):
+        doc_tables.render(doc.replace("r.md 2", "r.md 3"), tmp_path)
