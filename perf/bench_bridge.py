@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import shutil
 import statistics
@@ -41,33 +40,24 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def write_results(results: pathlib.Path, iters: int, paths: dict[str, list[float]], argv: list[str] | None) -> None:
-    import datetime
-    import platform
+    from perf import results_files
 
     summary = {
-        name: {"p50_ms": round(percentile(v, 50), 2), "p99_ms": round(percentile(v, 99), 2)}
-        for name, v in paths.items()
+        n: {"p50_ms": round(percentile(v, 50), 2), "p99_ms": round(percentile(v, 99), 2)} for n, v in paths.items()
     }
-    report = {
-        "command": "python perf/bench_bridge.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores",
-        "iters": iters,
-        "paths": summary,
-    }
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "bridge.json").write_text(json.dumps(report, indent=1) + "\n")
+    command = "python perf/bench_bridge.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = {**results_files.stamp(command), "iters": iters, "paths": summary}
     lines = [
         "# Bridge overhead",
         "",
-        f"Command: `{report['command'].strip()}`. Machine: {report['machine']}. {report['date']}. {iters} alternating "
+        f"Command: `{report['command']}`. Machine: {report['machine']}. {report['date']}. {iters} alternating "
         "rounds, ALOHA observation (four 3x224x224 images), `action` on the embedded default with 1 flow step.",
         "",
         "| path | p50 ms | p99 ms |",
         "| --- | --- | --- |",
         *(f"| {name} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} |" for name, v in summary.items()),
     ]
-    (results / "bridge.md").write_text("\n".join(lines) + "\n")
+    results_files.write(results, "bridge", report, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

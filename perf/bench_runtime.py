@@ -138,23 +138,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_results(results: pathlib.Path, summary: dict[str, Any], args: argparse.Namespace, argv: Any) -> None:
-    import datetime
-    import os
-    import platform
+    from perf import results_files
 
-    summary = {
-        "command": "python perf/bench_runtime.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPU cores",
-        "iters": args.iters,
-        **summary,
-    }
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "bench.json").write_text(json.dumps(summary, indent=1) + "\n")
+    command = "python perf/bench_runtime.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    summary = {**results_files.stamp(command), "iters": args.iters, **summary}
     lines = [
         "# Runtime benchmark",
         "",
-        f"Command: `{summary['command'].strip()}`. Machine: {summary['machine']}, device {summary['device']}, "
+        f"Command: `{summary['command']}`. Machine: {summary['machine']}, device {summary['device']}, "
         f"{summary['dtype']}. {summary['date']}. Medians of {args.iters} warm calls; peak memory "
         f"{summary['peak_memory_mb']:.0f} MiB.",
         "",
@@ -165,7 +156,7 @@ def write_results(results: pathlib.Path, summary: dict[str, Any], args: argparse
             for r in summary["rows"]
         ),
     ]
-    (results / "bench.md").write_text("\n".join(lines) + "\n")
+    results_files.write(results, "bench", summary, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

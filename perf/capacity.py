@@ -37,7 +37,8 @@ if __package__ in (None, ""):  # `python perf/capacity.py`: make the repository 
 
 from openpi_triton import cost_curve
 from openpi_triton.scheduler import Scheduler
-from perf.fleet import BASELINE, FleetOptions, Goal, machine, run_fleet
+from perf import results_files
+from perf.fleet import BASELINE, FleetOptions, Goal, run_fleet
 from perf.repository import RepositoryVariant
 from perf.served_model import prepare
 
@@ -242,9 +243,7 @@ def run(options: CapacityOptions, results: pathlib.Path, command: str) -> dict[s
     tiny_rows, _ = run_fleet(tiny, tiny_model, work / "tiny", repository=tiny_variant)
     goals = simulated_goals(sim_rows, curve.name) + tiny_goals(tiny_rows)
     report: dict[str, Any] = {
-        "command": command,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        **results_files.stamp(command),
         "rate_hz": options.rate_hz,
         "duration_s": options.duration_s,
         "cost_curve": curve.as_dict(),
@@ -260,9 +259,7 @@ def run(options: CapacityOptions, results: pathlib.Path, command: str) -> dict[s
         "goals": [dataclasses.asdict(g) for g in goals],
     }
     report["final_line"] = final_line(report)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "capacity.json").write_text(json.dumps(report, indent=1) + "\n")
-    (results / "capacity.md").write_text(render_markdown(report))
+    results_files.write(results, "capacity", report, render_markdown(report))
     return report
 
 

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import multiprocessing
 import pathlib
-import platform
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ if __package__ in (None, ""):  # `python perf/fleet.py`: make the repository imp
 from perf import plots, triton_stats
 from perf.fleet_services import fleet_services
 from perf.repository import RepositoryVariant
+from perf.results_files import machine
 from perf.robots import TRANSPORTS, Endpoint, RobotResult, RobotTask, run_robot
 from perf.served_model import ServedModel, prepare
 from perf.sweep import default_results_dir
@@ -198,12 +198,6 @@ def markdown(
     verdict = {True: "yes", False: "**no**", None: "not measured"}
     lines += [f"| {g.name} | {g.measured} | {verdict[g.met]} |" for g in goals]
     return "\n".join(lines) + "\n"
-
-
-def machine() -> str:
-    import os
-
-    return f"{platform.machine()} {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}"
 
 
 def run_fleet(

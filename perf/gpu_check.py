@@ -30,7 +30,8 @@ from typing import Any
 if __package__ in (None, ""):  # `python perf/gpu_check.py`: make the repository importable
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from perf.fleet import FleetOptions, machine, run_fleet
+from perf import results_files
+from perf.fleet import FleetOptions, run_fleet
 from perf.served_model import prepare
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -81,7 +82,7 @@ def measured_curve(bench_result: Mapping[str, Any], plan: CheckPlan) -> dict[str
         "name": name,
         "description": f"{plan.size} random-weight pi0.5 action chunk, {plan.dtype}, {plan.num_steps} flow steps, "
         f"measured on {device} (median of {plan.iters} warm calls, openpi's transforms included)",
-        "source": f"perf/gpu_check.py on {machine()}, {datetime.datetime.now(datetime.UTC):%Y-%m-%d}",
+        "source": f"perf/gpu_check.py on {results_files.machine()}, {datetime.datetime.now(datetime.UTC):%Y-%m-%d}",
         "ms_per_call": {str(r["batch"]): r["action_ms"] for r in bench_result["rows"]},
     }
 
@@ -134,10 +135,8 @@ def run(plan: CheckPlan, out: pathlib.Path, command: str, quick: bool) -> dict[s
     options = FleetOptions(robots=plan.robots, transports=plan.transports, duration_s=plan.duration_s)
     rows, _ = run_fleet(options, model, out / "fleet")
     report = {
-        "command": command,
+        **results_files.stamp(command),
         "quick": quick,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
         "plan": dataclasses.asdict(plan),
         "bench": bench_result,
         "cost_curve": curve,
@@ -145,8 +144,7 @@ def run(plan: CheckPlan, out: pathlib.Path, command: str, quick: bool) -> dict[s
         "fleet": rows,
         "seconds": round(time.monotonic() - started, 1),
     }
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "gpu_check.md").write_text(render_markdown(report))
+    results_files.write(out, "gpu_check", report, render_markdown(report))
     return report
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import pathlib
 import sys
 import tempfile
@@ -26,7 +25,8 @@ if __package__ in (None, ""):  # `python perf/scheduler.py`: make the repository
 from openpi_triton import cost_curve
 from openpi_triton.domain.batching import DEFAULT_BATCH_BUCKETS
 from openpi_triton.scheduler import Scheduler
-from perf.fleet import FleetOptions, machine, run_fleet
+from perf import results_files
+from perf.fleet import FleetOptions, run_fleet
 from perf.repository import RepositoryVariant
 from perf.served_model import prepare
 
@@ -76,18 +76,14 @@ def run(
         rows, _ = run_fleet(options, model, work / str(index), repository=variant)
         measured.append({"scheduler": scheduler.label(), "rows": rows})
     report = {
-        "command": command,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        **results_files.stamp(command),
         "rate_hz": rate_hz,
         "duration_s": duration_s,
         "cost_curve": curve.as_dict(),
         "model": model.describe(),
         "variants": measured,
     }
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "scheduler.json").write_text(json.dumps(report, indent=1) + "\n")
-    (results / "scheduler.md").write_text(render_markdown(report))
+    results_files.write(results, "scheduler", report, render_markdown(report))
     return report
 
 
