@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -13,16 +11,9 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
+from tests.clients import healthz
 from tests.conftest import start_bridge_process, stop_bridge_process
 from tests.triton_helpers import copy_model, wait_until
-
-
-def healthz(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
 
 
 def test_triton_restart_is_survived_and_healthz_tells_the_truth(
@@ -45,14 +36,14 @@ def test_triton_restart_is_survived_and_healthz_tells_the_truth(
     try:
         robot = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
         assert robot.infer(obs)["actions"].shape == (50, 14)  # images through shared memory
-        assert healthz(bridge.action_port) == 200
+        assert healthz(bridge.action_port)[0] == 200
         server.stop()
-        assert healthz(bridge.action_port) == 503
+        assert healthz(bridge.action_port)[0] == 503
         with pytest.raises(RuntimeError, match="Error in inference server"):
             robot.infer(obs)  # a clear error while Triton is down
         server = start()
         # The bridge's channel reconnects within about a second.
-        wait_until(lambda: healthz(bridge.action_port) == 200, 10, "/healthz 200 again")
+        wait_until(lambda: healthz(bridge.action_port)[0] == 200, 10, "/healthz 200 again")
         again = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
         for _ in range(3):  # the old shared-memory registrations are gone: the bridge registers again
             assert again.infer(obs)["actions"].shape == (50, 14)

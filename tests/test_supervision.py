@@ -35,6 +35,7 @@ from openpi_triton.flash_client import FlashTransportPolicy
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.processes import Backoff, Child, Supervisor, SupervisorError, spawn, stop_process
 from openpi_triton.protocols.local_frame import MessageType
+from openpi_triton.readiness import http_status
 from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports, remove_stale_shm_regions
 from openpi_triton.triton.watchdog import StubWatchdog, WatchdogOptions
@@ -354,11 +355,7 @@ class RunningStack:
 
 
 def healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
-            return answer.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    return http_status(port, "/healthz") == 200
 
 
 def stub_regions(triton_pid: int) -> list[pathlib.Path]:
