@@ -10,6 +10,7 @@ Roles, started in this order (``all`` is the three):
 - ``sidecars``: one ``openpi-flash-transport server`` per enabled slot; ready when it holds a UDP socket on
   its QUIC port (``openpi_triton.sidecar``).
 
+With both ``triton`` and ``bridge`` the stack is ready once every slot's ``/healthz`` says 200 (end to end).
 Readiness is what the servers answer, never a log line. Each process runs under a
 :class:`~openpi_triton.processes.Supervisor` (backoff, PDEATHSIG). A process that fails before it was ready
 the first time is a configuration error: :meth:`Orchestrator.start` raises, naming it. After that, every exit
@@ -33,8 +34,8 @@ from typing import IO, Any
 
 from openpi_triton.bridge_config import BridgeConfig, load_config
 from openpi_triton.port_check import Port, busy
-from openpi_triton.processes import Backoff, Child, Supervisor, pump_lines, spawn, stop_process
-from openpi_triton.readiness import accepts_unix, http_status, udp_port_bound, wait_until
+from openpi_triton.processes import Backoff, Child, Supervisor, SupervisorError, pump_lines, spawn, stop_process
+from openpi_triton.readiness import accepts_unix, http_get, http_status, udp_port_bound, wait_until
 from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import ServerOptions, TritonServer
 from openpi_triton.triton.watchdog import StubWatchdog, WatchdogOptions
@@ -260,6 +261,32 @@ class Orchestrator:
             for sidecar in self.sidecars:
                 if not sidecar.wait_ready(cancel):
                     return False
+        if "triton" in self.roles and "bridge" in self.roles:
+            return self._wait_end_to_end(cancel)
+        return True
+
+    def _wait_end_to_end(self, cancel: threading.Event | None) -> bool:
+        """With its own Triton the stack is ready once every slot's ``/healthz`` says 200: a robot gets answers.
+
+        The bridge's own readiness accepts 503 (it must come back while Triton restarts); its first health
+        checks after start-up may still fail for a moment, a lasting 503 (a model mismatch) is an error."""
+        config = self.config()
+        host = probe_host(config.host)
+        ports = [t.websocket_port for t in enabled_transports(config).values()]
+
+        def serving() -> bool:
+            return all(http_status(port, "/healthz", host=host) == 200 for port in ports)
+
+        def cancelled() -> str | None:
+            return "stopped" if cancel is not None and cancel.is_set() else None
+
+        try:
+            wait_until(serving, BRIDGE_READY_TIMEOUT_S, "every slot's /healthz 200", unless=cancelled)
+        except RuntimeError:
+            return False
+        except TimeoutError:
+            says = {port: http_get(port, "/healthz", host=host) for port in ports}
+            raise SupervisorError(f"the bridge does not serve end to end: /healthz {says}") from None
         return True
 
     def gone(self) -> str | None:
