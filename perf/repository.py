@@ -34,6 +34,8 @@ class RepositoryVariant:
     parameters: Mapping[str, str] = dataclasses.field(default_factory=dict)
     # The action model's dynamic batcher (None: as in model_repository/): see openpi_triton.scheduler.
     scheduler: Scheduler | None = None
+    # Instances of the combined_ensemble BLS (None: as in model_repository/).
+    bls_instances: int | None = None
 
     @property
     def label(self) -> str:
@@ -47,6 +49,8 @@ class RepositoryVariant:
 def rewrite_config(text: str, model: str, variant: RepositoryVariant) -> str:
     batch = 8 if variant.batching else 1
     text = set_field(text, r"max_batch_size:\s*\d+", f"max_batch_size: {batch}", "max_batch_size")
+    if model == "combined_ensemble" and variant.bls_instances is not None:
+        text = set_instance_group(text, variant.bls_instances, 0)
     if model in RUNTIME_MODELS:
         text = set_instance_group(text, variant.instances, 1 if variant.gpu else 0)
         if not variant.batching:

@@ -3,6 +3,7 @@ side by side in one run (SIMULATED GPU cost curve, our stack over WebSocket, rob
 
     python -m perf.scheduler                     # make perf-scheduler: perf/results/scheduler-<date>/
     python -m perf.scheduler --cost-curve my_gpu.json --robots 8,16 --duration 15
+    python -m perf.scheduler --bls 2,8 --robots 8    # through the combined_ensemble BLS, by its instance count
 
 Each variant is a fresh Triton whose ``action`` model runs the simulated runtime with that dynamic batcher
 (see :mod:`openpi_triton.scheduler`). Writes ``scheduler.json`` and ``scheduler.md`` (generated from the JSON).
@@ -41,11 +42,16 @@ def variants(period_us: int) -> list[Scheduler]:
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
+    route = (
+        "bridge -> the `combined_ensemble` BLS -> Triton -> simulated `action`"
+        if report.get("bls")
+        else ("bridge -> Triton -> simulated `action`")
+    )
     lines = [
         f"# Robot scheduler (SIMULATED: GPU cost curve `{report['cost_curve']['name']}`)",
         "",
         f"Command: `{report['command']}`. Machine: {report['machine']}. {report['date']}. Our stack over WebSocket "
-        f"(bridge -> Triton -> simulated `action`), robots at {report['rate_hz']:g} Hz for {report['duration_s']:g} s "
+        f"({route}), robots at {report['rate_hz']:g} Hz for {report['duration_s']:g} s "
         "per step; `stale` = observations the queue deadline answered instead of computing them late.",
         "",
         "| scheduler | robots | answered Hz | p50 ms | p99 ms | missed | stale | Triton executions by batch size |",
@@ -64,26 +70,41 @@ def render_markdown(report: Mapping[str, Any]) -> str:
 
 
 def run(
-    curve_name: str, robots: Sequence[int], rate_hz: float, duration_s: float, results: pathlib.Path, command: str
+    curve_name: str,
+    robots: Sequence[int],
+    rate_hz: float,
+    duration_s: float,
+    results: pathlib.Path,
+    command: str,
+    bls_instances: Sequence[int] = (),
 ) -> dict[str, Any]:
+    """The scheduler variants; with ``bls_instances``, the fleet scheduler through the BLS at each instance count."""
     curve = cost_curve.load(curve_name)
     model = dataclasses.replace(prepare("tiny", "cpu"), cost_curve=curve_name)
     work = pathlib.Path(tempfile.mkdtemp(prefix="perf-scheduler-"))
-    options = FleetOptions(robots=tuple(robots), transports=("websocket",), rate_hz=rate_hz, duration_s=duration_s)
+    options = FleetOptions(
+        robots=tuple(robots), transports=("websocket",), rate_hz=rate_hz, duration_s=duration_s,
+        ensemble=bool(bls_instances),
+    )  # fmt: skip
+    if bls_instances:
+        cases = [(f"{n} BLS instances, delay 10 ms", Scheduler(queue_delay_us=10_000), n) for n in bls_instances]
+    else:
+        cases = [(s.label(), s, None) for s in variants(int(1e6 / rate_hz))]
     measured = []
-    for index, scheduler in enumerate(variants(int(1e6 / rate_hz))):
-        variant = RepositoryVariant(parameters=model.parameters(), scheduler=scheduler)
+    for index, (label, scheduler, instances) in enumerate(cases):
+        variant = RepositoryVariant(parameters=model.parameters(), scheduler=scheduler, bls_instances=instances)
         rows, _ = run_fleet(options, model, work / str(index), repository=variant)
-        measured.append({"scheduler": scheduler.label(), "rows": rows})
+        measured.append({"scheduler": label, "rows": rows})
     report = {
         **results_files.stamp(command),
         "rate_hz": rate_hz,
         "duration_s": duration_s,
         "cost_curve": curve.as_dict(),
         "model": model.describe(),
+        "bls": bool(bls_instances),
         "variants": measured,
     }
-    results_files.write(results, "scheduler", report, render_markdown(report))
+    results_files.write(results, "bls" if bls_instances else "scheduler", report, render_markdown(report))
     return report
 
 
@@ -93,14 +114,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--robots", default="8,16")
     parser.add_argument("--rate", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--bls", default="", help="BLS instance counts to compare (through the ensemble)")
     parser.add_argument("--results", type=pathlib.Path)
     args = parser.parse_args(argv)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d")
-    results = args.results or pathlib.Path(__file__).resolve().parent / "results" / f"scheduler-{stamp}"
+    name = "bls" if args.bls else "scheduler"
+    results = args.results or pathlib.Path(__file__).resolve().parent / "results" / f"{name}-{stamp}"
     robots = [int(n) for n in args.robots.split(",") if n]
     command = ("python -m perf.scheduler " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
-    run(args.cost_curve, robots, args.rate, args.duration, results, command)
-    print((results / "scheduler.md").read_text(), flush=True)
+    bls = [int(n) for n in args.bls.split(",") if n]
+    report = run(args.cost_curve, robots, args.rate, args.duration, results, command, bls)
+    print(render_markdown(report), flush=True)
     return 0
 
 
