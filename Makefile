@@ -113,7 +113,7 @@ perf-fleet: venv default-model flash-transport-release
 	$(PY) -m perf.fleet --size $(SIZE) --results $(PERF_RESULTS)
 
 # Fleet capacity side by side in one run: our stack vs openpi-server under a GPU cost curve (SIMULATED, default
-# perf/cost_curves/pi05_published.json; CURVE=<name or .json>) and on the real tiny model; non-zero exit when a
+# openpi_triton/cost_curves/pi05_published.json; CURVE=<name or .json>) and on the real tiny model; non-zero exit when a
 # goal is missed. Results (JSON + markdown) in perf/results/capacity-<date>/. See docs/performance.md.
 CURVE ?= pi05_published
 perf-capacity: venv default-model flash-transport-release

@@ -8,7 +8,7 @@ our serving stack does with a GPU's batching economics. A curve is a small JSON 
 Between points the cost is interpolated linearly; beyond the largest point the last segment's slope
 continues (a GPU that is saturated pays about the same per extra row); below the smallest point the cost
 is that point's (a batch is never cheaper than the smallest one measured). Names resolve in this
-repository's ``perf/cost_curves/``; anything ending in ``.json`` is a path.
+package's ``openpi_triton/cost_curves/``; anything ending in ``.json`` is a path.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-CURVES_DIR = pathlib.Path(__file__).resolve().parents[1] / "perf" / "cost_curves"
+# Shipped with the package (package data), so a curve name works in an installed image too.
+CURVES_DIR = pathlib.Path(__file__).resolve().parent / "cost_curves"
 DEFAULT_CURVE = "pi05_published"
 
 
@@ -98,7 +99,7 @@ def from_dict(data: Mapping[str, Any], where: str) -> CostCurve:
 
 
 def resolve(name_or_path: str) -> pathlib.Path:
-    """A curve name (``pi05_published``) -> its file in ``perf/cost_curves/``; a ``.json`` path is itself."""
+    """A curve name (``pi05_published``) -> its file in ``openpi_triton/cost_curves/``; a ``.json`` path is itself."""
     if name_or_path.endswith(".json"):
         return pathlib.Path(name_or_path).expanduser()
     if not name_or_path or "/" in name_or_path:

@@ -265,7 +265,9 @@ def run(options: CapacityOptions, results: pathlib.Path, command: str) -> dict[s
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cost-curve", default=cost_curve.DEFAULT_CURVE, help="name in perf/cost_curves/ or .json")
+    parser.add_argument(
+        "--cost-curve", default=cost_curve.DEFAULT_CURVE, help="name in openpi_triton/cost_curves/ or .json"
+    )
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per step")
     parser.add_argument("--rate", type=float, default=10.0, help="control rate of every robot (Hz)")
     parser.add_argument("--results", type=pathlib.Path, help="default perf/results/capacity-<date>/")

@@ -5,7 +5,7 @@
 
 1. ``perf/bench_runtime.py``: action chunk at batch 1 / 2 / 4 / 8, 20-token subtask at batch 1 / 8 (own process,
    so its device memory is free before Triton starts);
-2. the measured action costs as a cost curve (``cost_curve.json``: copy it into ``perf/cost_curves/`` and
+2. the measured action costs as a cost curve (``cost_curve.json``: copy it into ``openpi_triton/cost_curves/`` and
    ``make perf-capacity CURVE=<name>`` replays it on any machine);
 3. the fleet benchmark with the real model at 1 / 8 / 16 robots: our stack over WebSocket and QUIC, and
    openpi-server, side by side.
