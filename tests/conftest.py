@@ -21,6 +21,7 @@ from openpi_triton.native.tiny import EmbeddedDefault, ensure_embedded_default
 from openpi_triton.orchestrator import bridge_endpoints_answer
 from openpi_triton.processes import stop_process
 from openpi_triton.readiness import wait_until
+from openpi_triton.triton.config_text import set_field, set_instance_group
 from openpi_triton.triton.launcher import (
     ServerOptions,
     TritonPaths,
@@ -82,6 +83,20 @@ def triton_server(
             "rtc": "off",  # no RTC test uses it: a shorter warm-up
         },
     )
+    # Holds requests until three are queued (at most 5 s): tests see which requests Triton puts into one batch.
+    batch_of_3 = copy_model(repo, "action", "action_batch_of_3", {"batch_buckets": "4"}) / "config.pbtxt"
+    batch_of_3.write_text(
+        set_field(
+            batch_of_3.read_text(),
+            r"max_queue_delay_microseconds: 0",
+            "max_queue_delay_microseconds: 5000000\n  preferred_batch_size: [ 3 ]",
+            "the queue delay",
+        )
+    )
+    # One BLS instance per request (an instance runs one execute at a time): its three children reach the action
+    # model together.
+    bls = copy_model(repo, "combined_ensemble", "combined_batch_of_3", {"action_model": "action_batch_of_3"})
+    (bls / "config.pbtxt").write_text(set_instance_group((bls / "config.pbtxt").read_text(), 3, 0))
     http, grpc, metrics = free_ports(3)
     server = TritonServer(
         ServerOptions(repo, http, grpc, metrics, env={"OPENPI_TRITON_HOME": str(embedded_default.root.parent)}),
@@ -90,7 +105,16 @@ def triton_server(
     server.start()
     try:
         server.wait_ready(
-            ["action", "planner", "combined_ensemble", "combined_impatient", "golden_action"], timeout=600
+            [
+                "action",
+                "planner",
+                "combined_ensemble",
+                "combined_impatient",
+                "golden_action",
+                "action_batch_of_3",
+                "combined_batch_of_3",
+            ],
+            timeout=600,
         )
         yield server
     finally:

@@ -196,3 +196,63 @@ def test_concurrent_robots_with_and_without_rtc_each_get_their_own_answer(triton
         for actions in results[seed]:
             assert np.abs(actions - alone[seed]).max() < 1e-4, seed
     assert after[1] - before[1] < after[0] - before[0], "no batching happened"
+
+
+def _batch_counts(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
+    """(inferences, executions) Triton counted for ``model``: three requests in one batch add (3, 1)."""
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+def _concurrently(url: str, model: str, requests: list[list[grpcclient.InferInput]]) -> list[Any]:
+    def send(inputs: list[grpcclient.InferInput]) -> Any:
+        own = grpcclient.InferenceServerClient(url)
+        try:
+            return own.infer(model, inputs)
+        finally:
+            own.close()
+
+    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(send, requests))
+
+
+@pytest.mark.parametrize("model", ["action_batch_of_3", "combined_batch_of_3"])
+def test_robots_with_different_remainders_and_one_without_rtc_share_one_triton_batch(
+    triton_server: TritonServer, model: str
+) -> None:
+    """``action_batch_of_3`` holds requests until three are queued: Triton executes them as one batch only if its
+    batcher may group them (equal shapes but for ragged inputs, the same set of optional inputs)."""
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    ragged = {i.name: i.allow_ragged_batch for i in client.get_model_config(model).config.input}
+    assert ragged["rtc.prev_actions"] is True and not ragged["rtc.inference_delay"]
+    earlier = np.random.default_rng(11).uniform(-1, 1, size=(HORIZON, 14))
+    # K = 25 and K = 10 rows left, and a robot without rtc: through combined_ensemble it sends nothing, a direct
+    # gRPC client of the action model sends an empty remainder (the documented way to share batches).
+    remainders: dict[int, tuple[np.ndarray, int] | None] = {40: (earlier[25:], 5), 41: (earlier[40:], 3), 42: None}
+    through_ensemble = model.startswith("combined")
+
+    def request(seed: int, ensemble: bool) -> list[grpcclient.InferInput]:
+        obs = observation(seed)
+        inputs = infer_inputs(obs, {"noise": obs.pop("noise"), **({"mode": "action_only"} if ensemble else {})})
+        remainder = remainders[seed]
+        if remainder is not None:
+            return inputs + rtc_tensors(*remainder)
+        return inputs if ensemble else inputs + rtc_tensors(np.zeros((0, 14)), 0)
+
+    alone = {seed: client.infer("action", request(seed, False)) for seed in remainders}  # same weights, one by one
+    before = _batch_counts(client, "action_batch_of_3")
+    answers = _concurrently(triton_server.grpc_url, model, [request(s, through_ensemble) for s in remainders])
+    together = dict(zip(remainders, answers, strict=True))
+    after = _batch_counts(client, "action_batch_of_3")
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 1), "the three requests were not one batch"
+    for seed, remainder in remainders.items():
+        actions = together[seed].as_numpy("actions")[0]
+        assert np.abs(actions - alone[seed].as_numpy("actions")[0]).max() < 1e-4, seed
+        echo = together[seed].as_numpy("rtc_echo")
+        if remainder is None and through_ensemble:
+            assert echo is None  # a robot that sent no rtc sees no rtc output
+        else:
+            report = json.loads(echo.reshape(-1)[0])
+            assert report["applied"] is (remainder is not None)
+            if remainder is not None:
+                assert report["guided_horizon"] == len(remainder[0]) and report["inference_delay"] == remainder[1]

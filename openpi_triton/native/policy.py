@@ -208,6 +208,11 @@ class NativePolicy:
         )
         if request is None:
             return None
+        target = np.zeros((self.config.action_horizon, self.config.action_dim), np.float32)
+        if not request.applied:
+            # An empty remainder guides nothing: plain sampling, also where RTC is refused (the Triton models
+            # send one for robots without ``rtc`` so that they share batches with robots that use it).
+            return PreparedRtc(request, target)
         if self.rtc_refusal is not None:
             raise rtc.RtcUnsupportedError(f"'{rtc.RTC_KEY}': {self.rtc_refusal}, so RTC is refused for this policy")
         state = normalize.unnormalize(
@@ -216,7 +221,6 @@ class NativePolicy:
         model_space = output_transforms.invert_outputs(
             self.output_chain, request.prev_actions, state, self.config.action_dim
         )
-        target = np.zeros((self.config.action_horizon, self.config.action_dim), np.float32)
         with np.errstate(over="ignore"):
             target[: model_space.shape[0]] = model_space
         if not np.all(np.isfinite(target)):

@@ -94,12 +94,15 @@ class OpenpiPolicy:
 
     def prepare(self, obs: Mapping[str, Any], noise: Any = None) -> OpenpiPrepared:
         """Checks the robot format (errors name the field), then runs openpi's input transforms."""
-        if obs.get(rtc.RTC_KEY) is not None:
+        request = rtc.parse_rtc(
+            obs.get(rtc.RTC_KEY), horizon=self.config.action_horizon, robot_action_dim=self.config.embodiment.action_dim
+        )
+        if request is not None and request.applied:  # an empty remainder asks for nothing: plain sampling
             raise rtc.RtcUnsupportedError(self._rtc_refusal())
         self.config.embodiment.inputs(obs)
         checked_noise = self.check_noise(noise)
         # Transforms may modify their input in place: give them a copy of the containers.
-        copied = _copy_tree(obs)
+        copied = _copy_tree({k: v for k, v in obs.items() if k != rtc.RTC_KEY})  # the server's key, not openpi's
         try:
             inputs = self.parts.input_transform(copied)
         except Exception as exc:

@@ -154,7 +154,11 @@ def add_io(config: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSp
     declared = {i["name"] for i in config.as_dict().get("input", [])}
     for spec in inputs:
         if spec.name not in declared:
-            config.add_input(spec.as_config())
+            entry = spec.as_config()
+            ragged = entry.pop("allow_ragged_batch", False)
+            config.add_input(entry)
+            if ragged:
+                _mark_ragged(config, spec.name)
     declared = {o["name"] for o in config.as_dict().get("output", [])}
     for spec in outputs:
         if spec.name not in declared:
@@ -163,6 +167,14 @@ def add_io(config: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSp
         config.set_max_batch_size(8)
     config.set_dynamic_batching()
     return config
+
+
+def _mark_ragged(config: Any, name: str) -> None:
+    """``allow_ragged_batch`` on an auto-completed input: pb_utils' ``add_input`` accepts only name, type, dims and
+    optional, but Triton reads back the whole config dict, flag included (tested on the served config)."""
+    for entry in config.as_dict()["input"]:
+        if entry["name"] == name:
+            entry["allow_ragged_batch"] = True
 
 
 def jax_device(placement: Placement) -> Any:

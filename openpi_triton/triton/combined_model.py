@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from openpi_triton.triton import backend, inherit, io_spec, served_config
+from openpi_triton.triton import backend, inherit, io_spec, rtc_inputs, served_config
 from openpi_triton.triton.model_params import CombinedParams
 
 PLANNER_OUTPUTS = [io_spec.SUBTASK, io_spec.SUBTASK_MS, io_spec.ACTION_PROMPT]
@@ -99,8 +99,15 @@ class CombinedModel:
                     [backend.string_tensor(io_spec.SUBTASK, texts), backend.float_tensor(io_spec.SUBTASK_MS, ms)]
                 )
         prompt_override = subtask[2] if subtask is not None and any(subtask[0]) else None
+        sent_rtc = {
+            name: np.asarray(tensor.as_numpy())
+            for name in rtc_inputs.NAMES
+            if (tensor := pb_utils.get_input_tensor_by_name(request, name)) is not None
+        }
+        # All six rtc inputs on every child request: robots with and without rtc share the action model's batches.
+        completed = rtc_inputs.complete(sent_rtc, rows, self.config.embodiment.action_dim)
         action = await self._child(
-            self.params.action_model, request, self.action_inputs, ACTION_OUTPUTS, prompt_override
+            self.params.action_model, request, self.action_inputs, ACTION_OUTPUTS, prompt_override, completed
         )
         if action.has_error():
             return pb_utils.InferenceResponse(
@@ -111,7 +118,7 @@ class CombinedModel:
         timing[:, BLS_TIMING] = (started, time.time())
         outputs.append(pb_utils.Tensor(io_spec.MODEL_TIMING, timing))
         echo = pb_utils.get_output_tensor_by_name(action, io_spec.RTC_ECHO)
-        if echo is not None:  # only for requests that sent ``rtc``
+        if echo is not None and sent_rtc:  # only for requests that sent ``rtc``
             outputs.append(echo)
         if subtask is not None:
             texts, ms, _ = subtask
@@ -147,10 +154,21 @@ class CombinedModel:
             return [""] * rows, [[0.0]] * rows, None
 
     async def _child(
-        self, model: str, request: Any, names: list[str], outputs: list[str], prompts: list[str] | None = None
+        self,
+        model: str,
+        request: Any,
+        names: list[str],
+        outputs: list[str],
+        prompts: list[str] | None = None,
+        replaced: dict[str, np.ndarray] | None = None,
     ) -> Any:
-        inputs = []
+        """The child request: ``names`` from the request, ``prompts`` as its prompt, ``replaced`` tensors instead of
+        (or in addition to) the request's own."""
+        replaced = replaced or {}
+        inputs = [pb_utils.Tensor(name, value) for name, value in replaced.items()]
         for name in names:
+            if name in replaced:
+                continue
             if name == io_spec.PROMPT and prompts is not None:
                 inputs.append(backend.string_tensor(io_spec.PROMPT, prompts))
                 continue

@@ -7,8 +7,8 @@ Conventions (all robot-facing tensors carry the batch dimension first; ``max_bat
 - state ``<key path>``: FP64 ``[width]`` (float64 keeps pi0.5's state bins bit-identical to openpi);
 - ``prompt``: BYTES ``[1]`` UTF-8, optional; ``noise``: FP32 ``[action_horizon, 32]``, optional;
 - ``rtc.*`` (the observation's optional ``rtc`` key, docs/rtc.md): ``rtc.prev_actions`` FP32 ``[-1, robot action
-  dim]``, ``rtc.inference_delay`` / ``rtc.guided_horizon`` INT32 ``[1]``, ``rtc.max_guidance_weight`` FP32 ``[1]``,
-  ``rtc.schedule`` / ``rtc.mode`` BYTES ``[1]``, all optional;
+  dim]`` (ragged: any K per request in one batch), ``rtc.inference_delay`` / ``rtc.guided_horizon`` INT32 ``[1]``,
+  ``rtc.max_guidance_weight`` FP32 ``[1]``, ``rtc.schedule`` / ``rtc.mode`` BYTES ``[1]``, all optional;
 - out: ``actions`` FP32 ``[action_horizon, robot action dim]``, ``policy_infer_ms`` FP32 ``[1]``, ``model_timing``
   FP64 ``[6]`` (where the time went, see ``contract.io_names``), and ``rtc_echo`` BYTES ``[1]`` (JSON) only for
   requests that sent ``rtc``.
@@ -45,11 +45,16 @@ class TensorSpec:
     data_type: str  # Triton config type, e.g. "TYPE_UINT8"
     dims: tuple[int, ...]
     optional: bool = False
+    # Triton's dynamic batcher groups only requests whose inputs have equal shapes; a ragged input may differ
+    # (the Python backend reads each request of a batch on its own, so nothing is concatenated).
+    ragged: bool = False
 
     def as_config(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": self.name, "data_type": self.data_type, "dims": list(self.dims)}
         if self.optional:
             entry["optional"] = True
+        if self.ragged:
+            entry["allow_ragged_batch"] = True
         return entry
 
 
@@ -70,7 +75,8 @@ def observation_inputs(config: PolicyConfig, *, all_images_optional: bool = Fals
 
 
 def rtc_inputs(config: PolicyConfig) -> list[TensorSpec]:
-    """The ``rtc`` request's fields; ``prev_actions`` has as many rows as the robot has left (<= horizon)."""
+    """The ``rtc`` request's fields; ``prev_actions`` has as many rows as the robot has left (<= horizon), and is
+    ragged so that robots with different remainders (or none: zero rows) share a batch."""
     types = {
         rtc.PREV_ACTIONS: ("TYPE_FP32", (-1, config.embodiment.action_dim)),
         rtc.INFERENCE_DELAY: ("TYPE_INT32", (1,)),
@@ -80,7 +86,7 @@ def rtc_inputs(config: PolicyConfig) -> list[TensorSpec]:
         rtc.MODE: ("TYPE_STRING", (1,)),
     }
     return [
-        TensorSpec(tensor_name((rtc.RTC_KEY, field)), data_type, dims, optional=True)
+        TensorSpec(tensor_name((rtc.RTC_KEY, field)), data_type, dims, optional=True, ragged=field == rtc.PREV_ACTIONS)
         for field, (data_type, dims) in types.items()
     ]
 
