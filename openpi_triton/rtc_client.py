@@ -9,6 +9,13 @@ estimate (the largest of the recent measured delays, in ticks), so the server pi
 what the robot executes meanwhile (docs/rtc.md). When the answer arrives, the executor switches to it at the
 measured delay: the rows for ticks that already ran are skipped.
 
+Failures: a failed call is retried after a back-off that doubles with each consecutive failure
+(``retry_backoff_ticks``, 2x, ... up to ``max_retry_backoff_ticks``), so a failing server is not called every
+control period; meanwhile the robot keeps executing its chunk (and then holds the last action). After
+``max_consecutive_failures`` failures in a row, ``get_action`` raises :class:`InferenceFailedError` (again at
+every further failure until a call succeeds), and ``on_failure`` (optional) hears about each one. ``errors``
+and ``switches`` keep only the most recent ``history`` entries, so a long run uses bounded memory.
+
 Time is counted in calls of ``get_action`` (control ticks), never in wall-clock time, so the executor works the
 same for a real 50 Hz loop and for a simulated one.
 
@@ -26,7 +33,7 @@ import dataclasses
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -49,6 +56,10 @@ class Switch:
     rtc: dict[str, Any] | None  # the server's report, when the request carried rtc
 
 
+class InferenceFailedError(RuntimeError):
+    """Several inference calls in a row failed: the robot is running on an old chunk, or holding its last action."""
+
+
 class AsyncChunkExecutor:
     """Controller-side chunk queue with background inference (one request in flight at a time)."""
 
@@ -62,13 +73,32 @@ class AsyncChunkExecutor:
         control_period_s: float = 0.02,
         delay_window: int = 10,
         initial_delay_ticks: int | None = None,
+        max_consecutive_failures: int | None = 3,
+        retry_backoff_ticks: int = 5,
+        max_retry_backoff_ticks: int = 50,
+        on_failure: Callable[[BaseException, int], None] | None = None,
+        history: int = 100,
     ) -> None:
         """``execution_horizon``: actions of a chunk executed before the next inference starts (s_min);
         ``rtc_options``: extra fields of the ``rtc`` request (``max_guidance_weight``, ``schedule``, ``mode``);
         ``initial_delay_ticks``: the delay estimate before any asynchronous call was measured (default: the
-        first call's latency over ``control_period_s``)."""
+        first call's latency over ``control_period_s``);
+        ``max_consecutive_failures``: failed calls in a row after which ``get_action`` raises (``None``: never);
+        ``retry_backoff_ticks`` / ``max_retry_backoff_ticks``: ticks to wait after the first failure before the
+        next call, doubling per consecutive failure up to the cap (at 50 Hz the defaults are 100 ms and 1 s);
+        ``on_failure(error, consecutive)``: called in the control loop for every failed call;
+        ``history``: how many recent ``switches`` and ``errors`` are kept."""
         if execution_horizon < 1:
             raise ValueError(f"execution_horizon: expected >= 1, got {execution_horizon}")
+        if max_consecutive_failures is not None and max_consecutive_failures < 1:
+            raise ValueError(f"max_consecutive_failures: expected >= 1 or None, got {max_consecutive_failures}")
+        if not 1 <= retry_backoff_ticks <= max_retry_backoff_ticks:
+            raise ValueError(
+                "retry_backoff_ticks, max_retry_backoff_ticks: expected 1 <= first <= cap, got "
+                f"{retry_backoff_ticks}, {max_retry_backoff_ticks}"
+            )
+        if history < 1:
+            raise ValueError(f"history: expected >= 1, got {history}")
         self.policy = policy
         self.execution_horizon = execution_horizon
         self.rtc = rtc
@@ -83,9 +113,15 @@ class AsyncChunkExecutor:
         self._tick = 0
         self._in_flight: _Request | None = None
         self._last_action: np.ndarray | None = None
-        self.switches: list[Switch] = []
+        self.max_consecutive_failures = max_consecutive_failures
+        self.retry_backoff_ticks = retry_backoff_ticks
+        self.max_retry_backoff_ticks = max_retry_backoff_ticks
+        self.on_failure = on_failure
+        self.consecutive_failures = 0
+        self._retry_at_tick = 0  # no call starts before this tick (back-off after failures)
+        self.switches: collections.deque[Switch] = collections.deque(maxlen=history)
         self.starved_ticks = 0  # ticks that repeated the last action because the chunk ran out
-        self.errors: list[BaseException] = []
+        self.errors: collections.deque[BaseException] = collections.deque(maxlen=history)
 
     # ----- control loop ---------------------------------------------------------------------------------------
 
@@ -107,7 +143,8 @@ class AsyncChunkExecutor:
             if self._chunk is None:
                 raise RuntimeError("call start(obs) before get_action")
             self._switch_if_answered()
-            if self._in_flight is None and self._executed_in_chunk >= self.execution_horizon:
+            due = self._executed_in_chunk >= self.execution_horizon and self._tick >= self._retry_at_tick
+            if self._in_flight is None and due:
                 self._launch(obs)
             if self._index < len(self._chunk):
                 action = self._chunk[self._index]
@@ -128,6 +165,11 @@ class AsyncChunkExecutor:
         if self._delays:
             return max(self._delays)
         return self._initial_delay or 1
+
+    @property
+    def tick(self) -> int:
+        """Control ticks so far (calls of ``get_action`` that returned an action)."""
+        return self._tick
 
     @property
     def pending_ticks(self) -> int | None:
@@ -173,15 +215,16 @@ class AsyncChunkExecutor:
             return
         self._in_flight = None
         if request.error is not None or request.result is None:
-            self.errors.append(request.error or RuntimeError("inference returned nothing"))
+            self._failed(request.error or RuntimeError("inference returned nothing"))
             return
         assert self._chunk is not None and self._last_action is not None
         chunk = np.asarray(request.result["actions"])
         measured = request.ticks_elapsed
         self._delays.append(measured)
         if measured >= len(chunk):
-            self.errors.append(RuntimeError(f"the answer came {measured} ticks late, after its whole chunk"))
+            self._failed(RuntimeError(f"the answer came {measured} ticks late, after its whole chunk"))
             return
+        self.consecutive_failures = 0
         planned = self._chunk[self._index] if self._index < len(self._chunk) else None
         report = request.result.get("rtc")
         self.switches.append(
@@ -190,6 +233,23 @@ class AsyncChunkExecutor:
         self._chunk = chunk
         self._index = measured
         self._executed_in_chunk = measured  # counted from the capture, as the execution horizon s is
+
+    def _failed(self, error: BaseException) -> None:
+        """Records a failed call, schedules the retry after the back-off, and raises once failures persist."""
+        self.errors.append(error)
+        self.consecutive_failures += 1
+        backoff = self.retry_backoff_ticks * 2 ** min(self.consecutive_failures - 1, 30)
+        self._retry_at_tick = self._tick + min(backoff, self.max_retry_backoff_ticks)
+        if self.on_failure is not None:
+            self.on_failure(error, self.consecutive_failures)
+        limit = self.max_consecutive_failures
+        if limit is not None and self.consecutive_failures >= limit:
+            left = 0 if self._chunk is None else max(0, len(self._chunk) - self._index)
+            raise InferenceFailedError(
+                f"{self.consecutive_failures} inference calls in a row failed (limit max_consecutive_failures="
+                f"{limit}); the robot has {left} actions of its last chunk left, then holds its last action. "
+                f"Last error: {type(error).__name__}: {error}"
+            ) from error
 
 
 @dataclasses.dataclass

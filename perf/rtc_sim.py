@@ -62,6 +62,7 @@ def run_control_loop(
         rtc=rtc,
         rtc_options=rtc_options,
         initial_delay_ticks=delay_ticks,
+        history=ticks,  # every switch of the run
     )
     state = np.asarray(initial_state, dtype=np.float64)
     held.release()  # the first chunk is fetched synchronously
@@ -79,7 +80,7 @@ def run_control_loop(
     executor.close()
     if executor.errors:
         raise RuntimeError(f"inference failed during the loop: {executor.errors[0]!r}")
-    return LoopResult(np.stack(executed), executor.switches, executor.starved_ticks)
+    return LoopResult(np.stack(executed), list(executor.switches), executor.starved_ticks)
 
 
 def switch_jumps(result: LoopResult) -> np.ndarray:

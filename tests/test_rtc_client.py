@@ -11,7 +11,7 @@ from openpi_client.action_chunk_broker import ActionChunkBroker
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 from openpi_triton.domain.embodiments import EMBODIMENTS
-from openpi_triton.rtc_client import AsyncChunkExecutor
+from openpi_triton.rtc_client import AsyncChunkExecutor, InferenceFailedError
 from perf.rtc_sim import plan_deviations, run_control_loop, switch_jumps
 from tests.conftest import BridgeProcess
 
@@ -77,3 +77,47 @@ def test_openpis_synchronous_action_chunk_broker_still_works(robot: WebsocketCli
     broker = ActionChunkBroker(robot, action_horizon=10)
     for step in range(10):
         np.testing.assert_array_equal(broker.infer(obs)["actions"], chunk[step])
+
+
+class ReconnectingRobot:
+    """The openpi client as a robot would keep it: the server closes a connection after an error, so a failed
+    call is followed by a new connection."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.client = WebsocketClientPolicy(host="127.0.0.1", port=port)
+
+    def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.client.infer(obs)
+        except Exception:
+            self.client = WebsocketClientPolicy(host="127.0.0.1", port=self.port)
+            raise
+
+
+def test_failed_calls_back_off_raise_after_the_limit_and_recover(bridge: BridgeProcess) -> None:
+    failures: list[tuple[int, int]] = []
+    executor = AsyncChunkExecutor(
+        ReconnectingRobot(bridge.action_port),
+        execution_horizon=5,
+        max_consecutive_failures=4,
+        retry_backoff_ticks=4,
+        max_retry_backoff_ticks=16,
+        on_failure=lambda error, consecutive: failures.append((executor.tick, consecutive)),
+        history=3,
+    )
+    executor.start(observation(np.zeros(14), 0))
+    refused = {**observation(np.zeros(14), 1), "state": np.zeros(7)}  # the server refuses a 7-dim state
+    with pytest.raises(InferenceFailedError, match=r"(?s)4 inference calls in a row failed .*Last error: .*'state'"):
+        for _ in range(60):
+            executor.get_action(refused)
+            assert executor.wait_idle(timeout=120)  # the answer is in before the next tick
+    # First call after s = 5 ticks; each failure is seen one tick later and the next call waits 4, 8, 16 ticks.
+    assert failures == [(6, 1), (11, 2), (20, 3), (37, 4)]
+    assert len(executor.errors) == 3  # bounded history
+    # The robot's owner may go on: the next call waits the capped back-off (16 ticks), succeeds and resets.
+    for tick in range(38, 60):
+        executor.get_action(observation(np.zeros(14), tick))
+        assert executor.wait_idle(timeout=120)
+    assert executor.consecutive_failures == 0 and [s.tick for s in executor.switches] == [54]
+    assert failures[-1] == (37, 4)

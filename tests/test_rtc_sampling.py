@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import pathlib
+import statistics
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -345,3 +347,20 @@ def test_the_echo_reports_effective_values_and_the_prefix_error(tiny_policy: Nat
     expected = np.max(np.abs(echo["actions"][:4] - earlier[40:44]))
     assert report["prefix_max_abs_err"] == pytest.approx(expected)
     assert math.isfinite(report["prefix_max_abs_err"])
+
+
+def test_a_batch_without_vjp_rows_skips_the_backward_pass(tiny_policy: NativePolicy) -> None:
+    """Same program, the branch chosen at run time: identity rows cost about a plain call, vjp rows about twice
+    that (median of interleaved calls, so both see the same machine load)."""
+    _, earlier, obs, noise = chunk_pair(tiny_policy, 5)
+    calls = {
+        mode: [with_rtc(obs, prev_actions=earlier[20:], inference_delay=4, mode=mode)] for mode in ("vjp", "identity")
+    }
+    times: dict[str, list[float]] = {mode: [] for mode in calls}
+    for _ in range(7):
+        for mode, batch in calls.items():
+            start = time.perf_counter()
+            tiny_policy.infer_batch(batch, [noise])
+            times[mode].append(time.perf_counter() - start)
+    vjp, identity = (statistics.median(times[m]) for m in ("vjp", "identity"))
+    assert identity < 0.75 * vjp, (identity, vjp)

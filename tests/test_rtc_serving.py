@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import pathlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +20,7 @@ from openpi_triton.flash_client import FlashTransportPolicy
 from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import TritonServer
 from perf.rtc_sim import plan_deviations, run_control_loop
-from tests.conftest import BridgeProcess
+from tests.conftest import BridgeProcess, start_bridge_process, stop_bridge_process
 from tests.triton_helpers import free_udp_port, infer_inputs, wait_udp_bound
 
 HORIZON, START, DELAY = 50, 25, 5
@@ -256,3 +258,43 @@ def test_robots_with_different_remainders_and_one_without_rtc_share_one_triton_b
             assert report["applied"] is (remainder is not None)
             if remainder is not None:
                 assert report["guided_horizon"] == len(remainder[0]) and report["inference_delay"] == remainder[1]
+
+
+def test_a_remainder_out_of_range_is_the_robots_error_and_a_witness_in_the_same_batch_is_served(
+    triton_server: TritonServer, tmp_path: pathlib.Path
+) -> None:
+    """Finite but huge values (1e20) would make guidance diverge: the robot that sent them gets an error naming
+    the field and its range; a witness robot in the same Triton batch gets its usual answer."""
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    witnesses = {seed: observation(seed, mode="action_only") for seed in (12, 13)}
+    expected = {}
+    for seed, obs in witnesses.items():
+        plain = {k: v for k, v in obs.items() if k not in ("noise", "mode")}
+        expected[seed] = client.infer("action", infer_inputs(plain, {"noise": obs["noise"]})).as_numpy("actions")[0]
+    prev = np.zeros((HORIZON - START, 14))
+    prev[0, 0] = 1e20
+    bad = observation(14, mode="action_only", rtc={"prev_actions": prev, "inference_delay": DELAY})
+    # The bridge's action slot on combined_batch_of_3: the three requests are one batch of the action model.
+    bridge = start_bridge_process(triton_server.grpc_url, tmp_path, action={"model": "combined_batch_of_3"})
+    try:
+
+        def send(obs: dict[str, Any]) -> dict[str, Any] | Exception:
+            try:
+                return WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port).infer(obs)
+            except RuntimeError as exc:
+                return exc
+
+        before = _batch_counts(client, "action_batch_of_3")
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(send, [bad, *witnesses.values()]))
+        after = _batch_counts(client, "action_batch_of_3")
+    finally:
+        stop_bridge_process(bridge)
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 1), "the three requests were not one batch"
+    refusal = answers[0]
+    assert isinstance(refusal, RuntimeError)
+    assert re.search(r"'rtc/prev_actions': row 0, dim 0 is 1e\+20, expected a value in \[-?[0-9.e+-]+, ", str(refusal))
+    assert "non-finite" not in str(refusal)
+    for seed, answer in zip(witnesses, answers[1:], strict=True):
+        assert isinstance(answer, dict), answer
+        assert np.abs(answer["actions"] - expected[seed]).max() < 1e-4 and "rtc" not in answer

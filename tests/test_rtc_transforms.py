@@ -11,7 +11,7 @@ import pytest
 from openpi_triton.domain import output_transforms, rtc
 from openpi_triton.domain.configs import POLICY_CONFIGS, PolicyConfig
 from openpi_triton.domain.embodiments.base import Embodiment, StateField
-from openpi_triton.domain.normalize import NormStats, normalize
+from openpi_triton.domain.normalize import NormStats, normalize, unnormalize
 from openpi_triton.native.policy import NativePolicy, PolicyOptions, load_policy
 from openpi_triton.native.tiny import EmbeddedDefault
 
@@ -188,3 +188,27 @@ def test_rtc_turned_off_compiles_no_rtc_program_and_refuses_requests(embedded_de
     obs["rtc"] = {"prev_actions": np.zeros((10, 14)), "inference_delay": 2}
     with pytest.raises(rtc.RtcUnsupportedError, match=r"RTC is turned off for this model \(config.pbtxt parameter"):
         policy.prepare(obs)
+
+
+def test_a_remainder_beyond_the_normalised_limit_is_refused_naming_its_robot_space_range(
+    tiny_policy: NativePolicy,
+) -> None:
+    obs = tiny_policy.config.embodiment.example(np.random.default_rng(0))
+    state = tiny_policy.prepare(obs).state
+    config = tiny_policy.config
+    robot_state = unnormalize(state, tiny_policy.norm_stats["state"], use_quantiles=config.use_quantile_norm)
+    limit = rtc.MAX_NORMALIZED_ABS
+
+    def robot_values(normalised: float) -> np.ndarray:
+        """Every dim's robot-space value for this model-space value (the forward output transforms)."""
+        return output_transforms.apply_outputs(tiny_policy.output_chain, np.full((1, 32), normalised), robot_state)[0]
+
+    inside = np.zeros((10, 14))
+    inside[3] = robot_values(0.999 * limit)
+    assert tiny_policy._prepare_rtc({"prev_actions": inside, "inference_delay": 2}, state) is not None
+    for value in (1e20, robot_values(1.01 * limit)[2]):
+        outside = np.zeros((10, 14))
+        outside[3, 2] = value
+        with pytest.raises(ValueError, match=r"'rtc/prev_actions': row 3, dim 2 is .*, expected a value in \[") as err:
+            tiny_policy._prepare_rtc({"prev_actions": outside, "inference_delay": 2}, state)
+        assert f"|normalised| <= {limit:g}" in str(err.value)

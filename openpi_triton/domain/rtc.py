@@ -35,6 +35,10 @@ DEFAULT_MODE = "vjp"
 DEFAULT_MAX_GUIDANCE_WEIGHT = 5.0
 # Far above any useful value (about the number of denoising steps); larger ones make few-step sampling diverge.
 MAX_GUIDANCE_WEIGHT_LIMIT = 100.0
+# Largest |value| of a remainder once mapped into the model's normalised action space (where the sampler's noise
+# is N(0, 1) and the training actions lie about in [-1, 1]: quantile norm maps q01..q99 there, z-score one σ).
+# 100 is far beyond any chunk a model produces, and well below where guidance toward it overflows float32.
+MAX_NORMALIZED_ABS = 100.0
 
 
 class RtcUnsupportedError(ValueError):

@@ -130,7 +130,8 @@ class NativePolicy:
             functools.partial(self._sample_impl, spec=self.spec, num_steps=options.num_steps, dtype=self.dtype)
         )
         # RTC: one program per bucket beside the plain one; every per-request value (d, ℓ, β, schedule, mode) is
-        # traced, so no request compiles. ``identity`` rows share the program and pay its backward pass too.
+        # traced, so no request compiles. ``identity`` rows share the program; a batch without ``vjp`` rows skips
+        # the backward pass at run time.
         self._sample_guided = jax.jit(
             functools.partial(self._guided_impl, spec=self.spec, num_steps=options.num_steps, dtype=self.dtype)
         )
@@ -221,14 +222,31 @@ class NativePolicy:
         model_space = output_transforms.invert_outputs(
             self.output_chain, request.prev_actions, state, self.config.action_dim
         )
-        with np.errstate(over="ignore"):
-            target[: model_space.shape[0]] = model_space
-        if not np.all(np.isfinite(target)):
-            raise ValueError(
-                f"'{rtc.RTC_KEY}/{rtc.PREV_ACTIONS}': values too large for this checkpoint's normalisation "
-                "(they overflow float32 once normalised)"
-            )
+        self._check_normalized_range(request.prev_actions, model_space, state)
+        target[: model_space.shape[0]] = model_space
         return PreparedRtc(request, target)
+
+    def _check_normalized_range(self, prev: np.ndarray, model_space: np.ndarray, state: np.ndarray) -> None:
+        """Refuses a remainder the sampler could not be guided toward (finite but huge values would make the
+        guided chunk diverge), naming the first bad element and its allowed range in robot space."""
+        limit = rtc.MAX_NORMALIZED_ABS
+        width = self.config.embodiment.action_dim
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.abs(model_space[:, :width]) <= limit)  # NaN/inf count as bad
+        if not bad.any():
+            return
+        row, dim = (int(i) for i in np.argwhere(bad)[0])
+        # The output transforms are affine per dim: the model-space bounds map to this dim's robot-space range.
+        edges = [
+            output_transforms.apply_outputs(self.output_chain, np.full((1, self.config.action_dim), v), state)[0, dim]
+            for v in (-limit, limit)
+        ]
+        low, high = sorted(float(e) for e in edges)
+        raise ValueError(
+            f"'{rtc.RTC_KEY}/{rtc.PREV_ACTIONS}': row {row}, dim {dim} is {float(prev[row, dim]):.6g}, expected a "
+            f"value in [{low:.6g}, {high:.6g}] for this dim at the current state (|normalised| <= {limit:g}, far "
+            f"beyond any chunk the model produces); got {float(model_space[row, dim]):.3g} once normalised"
+        )
 
     def check_noise(self, noise: Any) -> np.ndarray | None:
         return staged_policy.check_noise(noise, (self.config.action_horizon, self.config.action_dim))

@@ -91,7 +91,10 @@ def guided_step(
     # The forward pass runs once: v is the VJP's auxiliary output.
     predicted, pullback, v_t = jax.vjp(denoise, x_t, has_aux=True)
     error = mask * (guidance.target - predicted)
-    (correction,) = pullback(error)
+    # The backward pass only where a row needs it: a batch of identity rows (and rows riding along with zero
+    # weights, whose correction is 0 either way) skips it; one program, the branch is chosen at run time.
+    needs_vjp = jnp.any(~guidance.identity & jnp.any(mask != 0, axis=(1, 2)))
+    correction = jax.lax.cond(needs_vjp, lambda e: pullback(e)[0], lambda e: e, error)
     correction = jnp.where(guidance.identity[:, None, None], error, correction)
     g = guidance_weight(time, guidance.max_weight)
     return (x_t + dt * (v_t - g[:, None, None] * correction)).astype(jnp.float32)
