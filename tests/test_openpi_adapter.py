@@ -151,3 +151,7 @@ def test_rtc_requests_are_refused_with_the_reason_flow_models_and_pi0_fast_alike
     plain = StandInOpenpi().policy()
     prepared = plain.prepare(observation(0))
     assert plain.rtc_echo(prepared, np.zeros((HORIZON, ROBOT_DIM))) is None
+    # An empty remainder asks for nothing (combined_ensemble sends one for robots without rtc): served plain.
+    empty = {**observation(0), "rtc": {"prev_actions": np.zeros((0, ROBOT_DIM)), "inference_delay": 0}}
+    for openpi in (StandInOpenpi(), StandInOpenpi(takes_noise=False)):
+        openpi.policy().prepare(empty)

@@ -188,6 +188,8 @@ def test_rtc_turned_off_compiles_no_rtc_program_and_refuses_requests(embedded_de
     obs["rtc"] = {"prev_actions": np.zeros((10, 14)), "inference_delay": 2}
     with pytest.raises(rtc.RtcUnsupportedError, match=r"RTC is turned off for this model \(config.pbtxt parameter"):
         policy.prepare(obs)
+    empty = {**obs, "rtc": {"prev_actions": np.zeros((0, 14)), "inference_delay": 0}}
+    assert policy.infer(empty)["rtc"]["applied"] is False  # nothing to guide: plain sampling, not refused
 
 
 def test_a_remainder_beyond_the_normalised_limit_is_refused_naming_its_robot_space_range(
