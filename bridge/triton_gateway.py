@@ -493,6 +493,23 @@ class TritonGateway:
         self._ensure_monitor()
         self._models.add(model)
         interface = await self.describe(model)
+        try:
+            return await self._infer_as(interface, model, obs, extra)
+        except TritonCallError as exc:
+            if not exc.invalid_argument:
+                raise
+            # Triton refused the inputs: the robot's mistake, or the model was swapped since its interface was
+            # read (the failed call expired it). In the second case the observation is judged again against
+            # what is served now, so the robot reads the bridge's clear error (or simply its answer).
+            fresh = await self.describe(model)
+            if fresh.inputs == interface.inputs:
+                raise
+            logger.info("model '%s' changed its inputs since they were read: building the request again", model)
+            return await self._infer_as(fresh, model, obs, extra)
+
+    async def _infer_as(
+        self, interface: ModelInterface, model: str, obs: Mapping[str, Any], extra: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
         with request_timing.stage("inputs_ms"):
             arrays = await offload.run(build_inputs, interface, obs, extra, self.input_limits)
         tried: list[Endpoint] = []

@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # `python perf/capacity.py`: make the repository 
 from openpi_triton import cost_curve
 from openpi_triton.scheduler import Scheduler
 from perf import results_files
-from perf.fleet import BASELINE, FleetOptions, Goal, run_fleet
+from perf.fleet import BASELINE, FleetOptions, Goal, overhead_goal, run_fleet
 from perf.repository import RepositoryVariant
 from perf.served_model import prepare
 
@@ -115,13 +115,8 @@ def simulated_goals(rows: Sequence[Mapping[str, Any]], curve_name: str) -> list[
 
 def tiny_goals(rows: Sequence[Mapping[str, Any]]) -> list[Goal]:
     goals = [_ratio_goal(f"tiny model, 8 robots, {t}: aggregate >= 1.2x openpi-server", rows, t, 8, 1.2) for t in OURS]
-    ours, base = _at(rows, "websocket", 1), _at(rows, BASELINE, 1)
     name = "tiny model, 1 robot, websocket: p50 <= openpi-server + 1 ms"
-    if ours and base:
-        delta = ours["p50_ms"] - base["p50_ms"]
-        goals.append(Goal(name, f"{ours['p50_ms']:.1f} - {base['p50_ms']:.1f} = {delta:+.1f} ms", delta <= 1.0))
-    else:
-        goals.append(Goal(name, "not measured", False))
+    goals.append(overhead_goal(name, _at(rows, "websocket", 1), _at(rows, BASELINE, 1), unmeasured=False))
     return goals
 
 
