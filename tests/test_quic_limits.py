@@ -212,10 +212,10 @@ def test_client_sidecar_answers_broken_local_requests_with_an_error_and_stays_us
 
 
 PARENT_SCRIPT = """
-import subprocess, sys, time
+import subprocess, sys
 child = subprocess.Popen(sys.argv[2:], stderr=open(sys.argv[1], "w"))
 print(child.pid, flush=True)
-time.sleep(600)
+child.wait()  # alive as long as its child, until the test kills it
 """
 
 

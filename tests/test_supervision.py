@@ -134,7 +134,7 @@ HOLDER = textwrap.dedent(
     while len(children) < 3:
         time.sleep(0.01)
     print(" ".join(str(c.pid) for c in children), flush=True)
-    time.sleep(600)
+    threading.Event().wait()  # alive until the test kills it
     """
 )
 
@@ -167,13 +167,13 @@ def test_stale_shared_memory_regions_are_removed_and_held_ones_kept(tmp_path: pa
     # Another live process holds one open and one mapped only (its descriptor closed), as Triton's stubs do.
     holder_code = textwrap.dedent(
         f"""
-        import mmap, os, time
+        import mmap, os, threading
         held = open({str(files["open"])!r}, "rb")
         fd = os.open({str(files["mapped"])!r}, os.O_RDWR)
         region = mmap.mmap(fd, mmap.PAGESIZE)
         os.close(fd)
         print("holding", flush=True)
-        time.sleep(600)
+        threading.Event().wait()  # alive until the test kills it
         """
     )
     holder = subprocess.Popen([sys.executable, "-c", holder_code], stdout=subprocess.PIPE, text=True)
@@ -232,7 +232,7 @@ ROBOT = textwrap.dedent(
         time.sleep(0.01)  # the OS thread is gone too: its PDEATHSIG has fired by now
     made["policy"].reset()  # the binary outlived the thread that built the policy and still serves
     print(made["policy"]._process.pid, flush=True)
-    time.sleep(600)
+    threading.Event().wait()  # alive until the test kills it
     """
 )
 
