@@ -12,9 +12,9 @@ waits for that child), never from a short-lived worker thread.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -23,18 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-PR_SET_PDEATHSIG = 1
-# Looked up once here: the child runs only the call between fork and exec.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-
-
-def _die_with_parent(parent_pid: int, death_signal: int) -> None:
-    """Runs in the child between fork and exec: ``death_signal`` when the spawning thread ends."""
-    assert _prctl is not None
-    if _prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0) != 0:
-        os._exit(126)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect: nobody would kill us
-        os.kill(os.getpid(), signal.SIGKILL)
+_DIE_WITH_PARENT = str(pathlib.Path(__file__).with_name("die_with_parent.py"))
 
 
 def spawn(command: Sequence[str], death_signal: int = signal.SIGKILL, **popen_kwargs: Any) -> subprocess.Popen[Any]:
@@ -42,12 +31,38 @@ def spawn(command: Sequence[str], death_signal: int = signal.SIGKILL, **popen_kw
     *thread* ends (its process exiting or being killed included). Call it from a thread that outlives the child.
     SIGTERM suits a child that shuts down cleanly on it (the QUIC client sidecar closes its connection).
 
-    Combines with ``start_new_session`` / ``process_group`` (setsid runs before the prctl).
+    The child first runs ``die_with_parent.py``, which sets the signal and execs ``command``; this call returns
+    once that exec happened (or raises the ``OSError`` that stopped it), so the signal is in place while the
+    calling thread still runs. No Python runs in the child between fork and exec (no ``preexec_fn``), which
+    keeps the at-fork handlers of loaded libraries, such as gRPC's, out of the child.
+    Combines with ``start_new_session`` / ``process_group``.
     """
-    if _prctl is not None:
-        parent_pid = os.getpid()
-        popen_kwargs["preexec_fn"] = lambda: _die_with_parent(parent_pid, death_signal)
-    return subprocess.Popen(command, **popen_kwargs)
+    if sys.platform != "linux":
+        return subprocess.Popen(command, **popen_kwargs)
+    read_fd, report_fd = os.pipe()
+    try:
+        popen_kwargs["pass_fds"] = (*popen_kwargs.get("pass_fds", ()), report_fd)
+        wrapped = [sys.executable, "-I", "-S", _DIE_WITH_PARENT, str(report_fd), str(os.getpid()), str(death_signal)]
+        process = subprocess.Popen([*wrapped, *command], **popen_kwargs)
+        os.close(report_fd)
+        report_fd = -1
+        report = _read_to_end(read_fd)
+    finally:
+        os.close(read_fd)
+        if report_fd >= 0:
+            os.close(report_fd)
+    if report:
+        process.wait()
+        error, _, message = report.decode(errors="replace").partition(":")
+        raise OSError(int(error), f"{message}: {command[0]!r}")
+    return process
+
+
+def _read_to_end(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def stop_process(process: subprocess.Popen, timeout: float) -> None:  # type: ignore[type-arg]

@@ -27,18 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import pathlib
 import shutil
 import signal
 import sys
 import tempfile
 import threading
-
-# Before gRPC loads (the watchdog's client): this process forks its children while gRPC threads run, and
-# gRPC's fork support would run its at-fork handlers in each child before exec (a child aborted there once).
-# The children exec at once and use no gRPC inherited from here, so they need none of it.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from pydantic import ValidationError
 

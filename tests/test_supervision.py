@@ -159,6 +159,28 @@ def test_a_child_dies_when_the_thread_that_spawned_it_ends() -> None:
     assert spawned[0].returncode == -signal.SIGKILL
 
 
+def test_spawn_runs_no_at_fork_handler_of_the_parent_in_the_child(tmp_path: pathlib.Path) -> None:
+    """gRPC registers at-fork handlers; a child that ran them while the parent's gRPC threads worked aborted."""
+    marker = tmp_path / "at_fork_ran_in_child"
+    code = textwrap.dedent(
+        f"""
+        import os
+        from openpi_triton.processes import spawn
+        os.register_at_fork(after_in_child=lambda: open({str(marker)!r}, "w").close())
+        child = spawn(["true"])
+        print(child.wait(), flush=True)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert result.stdout.strip() == "0", result.stderr
+    assert not marker.exists(), "spawn forked with Python between fork and exec"
+
+
+def test_spawn_raises_the_error_that_stopped_the_exec() -> None:
+    with pytest.raises(FileNotFoundError, match="no-such-program"):
+        spawn(["no-such-program-" + uuid.uuid4().hex[:8]])
+
+
 def test_stale_shared_memory_regions_are_removed_and_held_ones_kept(tmp_path: pathlib.Path) -> None:
     prefix = f"triton_python_backend_shm_region_test{uuid.uuid4().hex[:8]}_"
     files = {kind: tmp_path / f"{prefix}{kind}" for kind in ("stale", "open", "mapped")}
