@@ -71,6 +71,7 @@ async def start_bridge(config: BridgeConfig) -> RunningBridge:
         metrics,
         DnsDiscovery(discovery.name, discovery.port, discovery.nameservers) if discovery else None,
         discovery.refresh_s if discovery else 5.0,
+        config.triton.fleet_batching.max_return_s,
     )
     await gateway.start()
     slots, runtime = build_slots(config, gateway)

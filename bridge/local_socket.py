@@ -19,7 +19,7 @@ import stat
 import struct
 import time
 
-from openpi_bridge import offload, request_timing
+from openpi_bridge import fleet_gate, offload, request_timing
 from openpi_bridge.errors import robot_message
 from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.slots import Slot
@@ -76,7 +76,8 @@ class LocalSocketEndpoint:
         gauge = self.metrics.connections.labels(self.slot.name, TRANSPORT)
         gauge.inc()
         try:
-            await self._serve_messages(reader, writer)
+            with fleet_gate.serving_robot():  # one sidecar connection carries one QUIC robot
+                await self._serve_messages(reader, writer)
         finally:
             gauge.dec()
             self.open_connections -= 1

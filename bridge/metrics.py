@@ -80,6 +80,20 @@ class BridgeMetrics:
         self.admin_unauthorized = Counter(
             "openpi_bridge_admin_unauthorized", "admin requests without the right API key", registry=self.registry
         )
+        self.fleet_batch_requests = Histogram(
+            "openpi_bridge_fleet_batch_requests",
+            "requests the fleet gate released together (one batch for Triton)",
+            ["model"],
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+            registry=self.registry,
+        )
+        self.fleet_hold_seconds = Histogram(
+            "openpi_bridge_fleet_hold_seconds",
+            "time a request waited at the fleet gate for its batch to leave",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.background_failures = Counter(
             "openpi_bridge_background_failures",
             "background steps (dns, health, retire) that raised; the task goes on",

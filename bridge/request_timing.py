@@ -5,6 +5,7 @@ the stages of our path, in milliseconds:
 
 - ``decode_ms``: the robot's frame to an observation (msgpack / LocalFrame, on the bridge's CPU threads);
 - ``inputs_ms``: the observation checked and turned into gRPC tensors (images into shared memory);
+- ``fleet_hold_ms``: waiting at the fleet gate (``fleet_gate``) for the request's batch to leave;
 - ``triton_ms``: the gRPC call to Triton, as the bridge saw it; inside it, from the model's ``model_timing``
   (same host only, since they compare wall clocks of two processes):
   ``queue_ms`` (gRPC in, the BLS's queue and its hop, Triton's queue, the Python backend's IPC), ``bls_ms``

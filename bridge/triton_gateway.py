@@ -14,7 +14,8 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from openpi_bridge import offload, request_timing
-from openpi_bridge.errors import ObservationError, StaleObservationError, TritonCallError
+from openpi_bridge.errors import ObservationError, ServingError, StaleObservationError, TritonCallError
+from openpi_bridge.fleet_gate import Admission, FleetGate, GateTimeoutError
 from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.shared_memory import Region, SharedMemoryPool
 from openpi_bridge.triton_discovery import DiscoveryError, DnsDiscovery
@@ -49,6 +50,11 @@ class ModelInterface:
     parameters: dict[str, str] = dataclasses.field(default_factory=dict)
     # The model's queue deadline (dynamic_batching.default_queue_policy), None when it has none.
     stale_after_ms: float | None = None
+    # Batches one Triton server runs at once (its instance_group), and the most requests in one batch.
+    instances: int = 1
+    max_batch_size: int = 1
+    # How long Triton's dynamic batcher gathers a batch (max_queue_delay_microseconds).
+    queue_delay_s: float = 0.0
 
     @property
     def groups(self) -> set[tuple[str, ...]]:
@@ -69,10 +75,32 @@ def interface_from_config(name: str, config: Mapping[str, Any]) -> ModelInterfac
     }
     outputs = tuple(o["name"] for o in config.get("output", []))
     parameters = {k: str(v.get("string_value", "")) for k, v in (config.get("parameters") or {}).items()}
-    policy = (config.get("dynamic_batching") or {}).get("default_queue_policy") or {}
+    batching = config.get("dynamic_batching") or {}
+    policy = batching.get("default_queue_policy") or {}
     timeout_us = int(policy.get("default_timeout_microseconds", 0) or 0)
     stale_after_ms = timeout_us / 1000.0 if timeout_us else None
-    return ModelInterface(name, inputs, outputs, robot_metadata(config), time.monotonic(), parameters, stale_after_ms)
+    return ModelInterface(
+        name,
+        inputs,
+        outputs,
+        robot_metadata(config),
+        time.monotonic(),
+        parameters,
+        stale_after_ms,
+        instances=_instance_count(config),
+        max_batch_size=max(1, int(config.get("max_batch_size", 0) or 0)),
+        queue_delay_s=int(batching.get("max_queue_delay_microseconds", 0) or 0) / 1e6,
+    )
+
+
+def _instance_count(config: Mapping[str, Any]) -> int:
+    """Instances of a model on one server: ``count`` per group, once per listed GPU (Triton's rule)."""
+    total = 0
+    for group in config.get("instance_group") or []:
+        count = int(group.get("count", 1) or 1)
+        gpus = group.get("gpus") or []
+        total += count * max(1, len(gpus))
+    return max(1, total)
 
 
 def robot_name(tensor: str) -> str:
@@ -283,6 +311,7 @@ class TritonGateway:
         metrics: BridgeMetrics | None = None,
         discovery: DnsDiscovery | None = None,
         discovery_refresh_s: float = 5.0,
+        fleet_max_return_s: float | None = None,
     ) -> None:
         urls = [urls] if isinstance(urls, str) else list(urls)
         self.input_limits = input_limits
@@ -301,6 +330,9 @@ class TritonGateway:
         self._follower: asyncio.Task[None] | None = None
         # Servers that left DNS, closing once their requests finish: close() closes any still open.
         self._retiring: dict[asyncio.Task[None], Endpoint] = {}
+        # None: requests go to Triton as they come (its dynamic batcher alone forms batches).
+        self.fleet_max_return_s = fleet_max_return_s
+        self._gates: dict[str, FleetGate] = {}
 
     def _endpoint(self, url: str) -> Endpoint:
         client = grpcaio.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
@@ -514,22 +546,23 @@ class TritonGateway:
             arrays = await offload.run(build_inputs, interface, obs, extra, self.input_limits)
         tried: list[Endpoint] = []
         refused: TritonCallError | None = None
-        while True:
-            endpoint = self._pick(exclude=tried)
-            if endpoint is None:
-                raise refused or self._no_servers(model)
-            tried.append(endpoint)
-            endpoint.begin()
-            try:
-                result = await self._infer_on(endpoint, model, arrays)
-                break
-            except TritonCallError as exc:
-                # Refused before it ran (server gone, model not loaded there): another server may take it.
-                if not exc.not_executed:
-                    raise
-                refused = exc
-            finally:
-                endpoint.end()
+        async with self._gate(model).admission() as admission:
+            while True:
+                endpoint = self._pick(exclude=tried)
+                if endpoint is None:
+                    raise refused or self._no_servers(model)
+                tried.append(endpoint)
+                endpoint.begin()
+                try:
+                    result = await self._infer_on(endpoint, model, arrays, admission)
+                    break
+                except TritonCallError as exc:
+                    # Refused before it ran (server gone, model not loaded there): another server may take it.
+                    if not exc.not_executed:
+                        raise
+                    refused = exc
+                finally:
+                    endpoint.end()
         names = [o.name for o in result.get_response().outputs]
         outputs = {name: result.as_numpy(name) for name in names}
         timing = outputs.pop(io_names.MODEL_TIMING, None)
@@ -546,11 +579,75 @@ class TritonGateway:
             "busier than the control period allows; default_queue_policy in its config.pbtxt); send a fresh one"
         )
 
-    async def _infer_on(self, endpoint: Endpoint, model: str, arrays: list[tuple[InputSpec, np.ndarray]]) -> Any:
+    def _gate(self, model: str) -> FleetGate:
+        gate = self._gates.get(model)
+        if gate is None:
+            max_return_s = self.fleet_max_return_s
+            gate = FleetGate(
+                lambda: self._concurrent_batches(model),
+                lambda: self._max_batch(model),
+                max_return_s or 0.0,
+                self.metrics.fleet_batch_requests.labels(model).observe,
+                lambda: self._queue_delay_s(model),
+            )
+            self._gates[model] = gate
+        return gate
+
+    def _concurrent_batches(self, model: str) -> int:
+        """Batches of ``model`` that can run at once: its instances (an ensemble's: its action model's, where
+        the compute is) on every server that takes requests. Unbounded when the gate is off."""
+        if self.fleet_max_return_s is None:
+            return 1 << 30
+        compute = self._compute_interface(model)
+        if compute is None:
+            return 1
+        servers = sum(1 for e in self.endpoints if e.healthy) or 1
+        return compute.instances * servers
+
+    def _queue_delay_s(self, model: str) -> float:
+        """How long Triton gathers a batch of ``model``: its own queue delay, and its action model's behind it."""
+        interface, compute = self._interfaces.get(model), self._compute_interface(model)
+        if interface is None or compute is None:
+            return 0.0
+        return interface.queue_delay_s + (compute.queue_delay_s if compute is not interface else 0.0)
+
+    def _compute_interface(self, model: str) -> ModelInterface | None:
+        """The model that runs the batches: ``model``, or the action model behind an ensemble (when read)."""
+        interface = self._interfaces.get(model)
+        behind = interface.parameters.get("action_model") if interface is not None else None
+        return (self._interfaces.get(behind) if behind else None) or interface
+
+    def _max_batch(self, model: str) -> int:
+        interface = self._interfaces.get(model)
+        return interface.max_batch_size if interface is not None else 1
+
+    async def _wait_for_batch(self, admission: Admission, model: str) -> None:
+        """Holds the request at the fleet gate until its batch leaves; the model's queue deadline counts here too
+        (an observation too old for its control period is not sent at all)."""
+        cached = self._interfaces.get(model)
+        deadline_s = cached.stale_after_ms / 1000.0 if cached is not None and cached.stale_after_ms else None
+        if admission.admitted:
+            return  # a retry on another server: the request keeps its place
+        started = time.perf_counter()
+        try:
+            with request_timing.stage("fleet_hold_ms"):
+                await admission.wait(deadline_s if deadline_s is not None else self.timeout)
+            self.metrics.fleet_hold_seconds.labels(model).observe(time.perf_counter() - started)
+        except GateTimeoutError:
+            if deadline_s is not None:
+                raise StaleObservationError(self._stale_message(model)) from None
+            raise ServingError(
+                f"model '{model}' took no new batch within triton.request_timeout_s = {self.timeout:g} s"
+            ) from None
+
+    async def _infer_on(
+        self, endpoint: Endpoint, model: str, arrays: list[tuple[InputSpec, np.ndarray]], admission: Admission
+    ) -> Any:
         timing = request_timing.current()
         for attempt in (1, 2):
             with timing.stage("inputs_ms"):
                 inputs, region = await self._grpc_inputs(endpoint, arrays)
+            await self._wait_for_batch(admission, model)
             started, sent_s = time.perf_counter(), time.time()
             try:
                 with timing.stage("triton_ms"):

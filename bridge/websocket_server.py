@@ -26,7 +26,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from openpi_bridge import offload, request_timing
+from openpi_bridge import fleet_gate, offload, request_timing
 from openpi_bridge.errors import RobotError, robot_message
 from openpi_bridge.metrics import BridgeMetrics
 from openpi_bridge.slots import Slot
@@ -132,6 +132,10 @@ class WebSocketEndpoint:
             return None
 
     async def _serve(self, ws: ServerConnection) -> None:
+        with fleet_gate.serving_robot():  # this connection's requests are one robot's at the fleet gate
+            await self._serve_robot(ws)
+
+    async def _serve_robot(self, ws: ServerConnection) -> None:
         try:
             await ws.send(msgpack_numpy.packb(await self.slot.metadata()))
         except ConnectionClosed:

@@ -97,6 +97,20 @@ class TritonDiscovery(_Strict):
         return value
 
 
+class FleetBatching(_Strict):
+    """Batches that keep a closed-loop fleet together (bridge/fleet_gate.py, docs/performance.md): a model's
+    requests wait in the bridge while its instances are busy, and the next batch waits for the robots just
+    answered that come straight back (within ``max_return_ms`` of their answer; the longest it waits for one).
+    Off: Triton's dynamic batcher alone."""
+
+    enabled: bool = True
+    max_return_ms: float = Field(default=25.0, ge=0, le=1000)
+
+    @property
+    def max_return_s(self) -> float | None:
+        return self.max_return_ms / 1000.0 if self.enabled else None
+
+
 class TritonConfig(_Strict):
     url: str = "127.0.0.1:8101"
     # Several Triton servers (scale-out): requests go to the one with the least outstanding work.
@@ -108,6 +122,7 @@ class TritonConfig(_Strict):
     request_timeout_s: float = Field(default=60.0, gt=0)
     # Images through system shared memory: auto = when Triton's URL is loopback; on; off.
     shared_memory: Literal["auto", "on", "off"] = "auto"
+    fleet_batching: FleetBatching = Field(default_factory=lambda: FleetBatching())
 
     @model_validator(mode="after")
     def _one_source(self) -> TritonConfig:

@@ -57,6 +57,8 @@ class FleetOptions:
     connect_timeout_s: float = 180.0
     # Our robots go through the BLS (``combined_ensemble``, mode ``action_only``) instead of straight to ``action``.
     ensemble: bool = False
+    # The bridge's ``triton.fleet_batching`` (None: its default, the gate on).
+    fleet_batching: Mapping[str, Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +222,13 @@ def run_fleet(
     rows: list[dict] = []
     total = len(options.robots) * len(options.transports)
     with fleet_services(
-        model, options.transports, results, triton_url, ensemble=options.ensemble, repository=repository
+        model,
+        options.transports,
+        results,
+        triton_url,
+        ensemble=options.ensemble,
+        repository=repository,
+        fleet_batching=options.fleet_batching,
     ) as endpoints:
         step = 0
         for robots in options.robots:

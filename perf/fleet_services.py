@@ -17,8 +17,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from typing import IO
+from collections.abc import Iterator, Mapping, Sequence
+from typing import IO, Any
 
 from openpi_triton.orchestrator import Orchestrator, TritonRole
 from openpi_triton.processes import SupervisorError, stop_process
@@ -49,7 +49,9 @@ def _wait_for_baseline(process: subprocess.Popen[bytes], port: int, log: pathlib
         raise RuntimeError(f"{exc} (log {log}):\n{log.read_text(errors='replace')[-3000:]}") from None
 
 
-def _bridge_config(work: pathlib.Path, triton_url: str, ensemble: bool) -> tuple[pathlib.Path, dict]:
+def _bridge_config(
+    work: pathlib.Path, triton_url: str, ensemble: bool, fleet_batching: Mapping[str, Any] | None = None
+) -> tuple[pathlib.Path, dict]:
     """The action slot only (on ``combined_ensemble`` with ``ensemble``), on free ports, no admin API."""
     ws, quic = free_ports(2)
     config = {
@@ -57,7 +59,7 @@ def _bridge_config(work: pathlib.Path, triton_url: str, ensemble: bool) -> tuple
         "host": HOST,
         "admin": {"enabled": False},
         "action_transport": {"websocket_port": ws, "quic_port": quic, "unix_socket_path": str(work / "action.sock")},
-        "triton": {"url": triton_url},
+        "triton": {"url": triton_url} | ({"fleet_batching": dict(fleet_batching)} if fleet_batching else {}),
     }
     path = work / "bridge.json"
     path.write_text(json.dumps(config))
@@ -73,6 +75,7 @@ def fleet_services(
     ready_timeout_s: float = 1800.0,
     ensemble: bool = False,
     repository: RepositoryVariant | None = None,
+    fleet_batching: Mapping[str, Any] | None = None,
 ) -> Iterator[dict[str, Endpoint]]:
     """Yields ``{transport: Endpoint}`` for the requested transports (plus ``"triton"``: its gRPC endpoint, when
     our stack runs); everything started here is stopped after. ``repository``: the variant to serve (default:
@@ -94,7 +97,7 @@ def fleet_services(
                 outputs.append(open(logs / "triton_fleet.log", "w"))  # closed in finally
                 triton = TritonRole(benchmark_server_options(repo), models, ready_timeout_s, log_stream=outputs[-1])
                 triton_url = triton.grpc_url
-            config_path, config = _bridge_config(work, triton_url, ensemble)
+            config_path, config = _bridge_config(work, triton_url, ensemble, fleet_batching)
             outputs.append(open(logs / "bridge.log", "w"))
             roles = ("triton",) if triton is not None else ()
             roles += ("bridge", "sidecars") if "quic" in transports else ("bridge",)

@@ -27,7 +27,17 @@ def aloha_obs(seed: int, prompt: str = "fold the towel", **extra: object) -> dic
     return {**EMBODIMENTS["aloha"].example(np.random.default_rng(seed), prompt), **extra}
 
 
-BREAKDOWN = {"decode_ms", "inputs_ms", "triton_ms", "queue_ms", "model_ms", "compute_ms", "batch_size", "return_ms"}
+BREAKDOWN = {
+    "decode_ms",
+    "inputs_ms",
+    "fleet_hold_ms",
+    "triton_ms",
+    "queue_ms",
+    "model_ms",
+    "compute_ms",
+    "batch_size",
+    "return_ms",
+}
 
 
 def noise(seed: int) -> np.ndarray:
