@@ -149,7 +149,10 @@ pub async fn run(args: ClientArgs, parent: ParentWatch) -> Result<()> {
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, args.local_port).into()
     };
-    let mut endpoint = quinn::Endpoint::client(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
+    let socket = std::net::UdpSocket::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
+    quic::size_udp_buffers(&socket, args.link.udp_buffer_bytes)?;
+    let runtime = quinn::default_runtime().context("no async runtime")?;
+    let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?;
     endpoint.set_default_client_config(quic::client_config(&args.link)?);
     let mut upstream = Upstream {
         endpoint,

@@ -3,6 +3,7 @@
 //! Link message types: `0x00` Data (handshake, metadata, Arrow payloads), `0x01` Error (UTF-8 text),
 //! `0x02` ResetRequest, `0x03` ResetAck; framing `[u32 BE length][type][body]` as on unix sockets.
 
+use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use tracing::warn;
 
 pub mod link {
     pub const DATA: u8 = 0x00;
@@ -36,6 +38,10 @@ pub struct LinkOptions {
     /// refused before anything is read, and a body costs memory only as it arrives.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: u32,
+    /// Kernel receive and send buffer of the UDP socket, in bytes (capped by `net.core.rmem_max` /
+    /// `wmem_max`); 0 keeps the kernel's default. See [`UDP_BUFFER_BYTES`].
+    #[arg(long, env = "OPENPI_QUIC_UDP_BUFFER_BYTES", default_value_t = UDP_BUFFER_BYTES)]
+    pub udp_buffer_bytes: usize,
 }
 
 /// The opt-in shared secret of a QUIC link. openpi-flash's server ignores the handshake body, so a client
@@ -94,6 +100,34 @@ pub fn transport_config(options: &LinkOptions) -> Result<TransportConfig> {
     cubic.initial_window(options.initial_window_bytes);
     config.congestion_controller_factory(Arc::new(cubic));
     Ok(config)
+}
+
+/// Default kernel buffer of each end's UDP socket. An observation (~600 KB for four 224x224 cameras) arrives
+/// as ~500 datagrams in one burst; Linux's default receive buffer (212 KB) holds about 90 of them, so whenever
+/// the receiving thread is not scheduled at once (a busy host) most of the burst is dropped and each loss costs
+/// a recovery round: milliseconds per request, tens of milliseconds in the tail.
+pub const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Below this effective receive buffer a burst still overflows on a busy host: worth a line in the log.
+const UDP_BUFFER_WARN_BYTES: usize = 1024 * 1024;
+
+/// Raises the socket's receive and send buffers to `bytes` (the kernel caps them at `net.core.rmem_max` /
+/// `wmem_max`; 0 leaves the kernel's defaults); says so when the cap leaves too little.
+pub fn size_udp_buffers(socket: &UdpSocket, bytes: usize) -> Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let sock = socket2::SockRef::from(socket);
+    sock.set_recv_buffer_size(bytes).context("cannot set the UDP receive buffer")?;
+    sock.set_send_buffer_size(bytes).context("cannot set the UDP send buffer")?;
+    let granted = sock.recv_buffer_size().context("cannot read the UDP receive buffer")?;
+    if granted < bytes.min(UDP_BUFFER_WARN_BYTES) {
+        warn!(
+            "the UDP receive buffer is {granted} bytes (asked {bytes}; the kernel caps it at net.core.rmem_max): \
+             requests may lose packets on a busy host; raise it with `sysctl -w net.core.rmem_max={bytes}`"
+        );
+    }
+    Ok(())
 }
 
 pub fn install_crypto_provider() {
@@ -192,5 +226,20 @@ mod tests {
             !closed.admits(b"") && !closed.admits(b"s3cre") && !closed.admits(b"s3cret!") && !closed.admits(b"S3cret")
         );
         assert_eq!(closed.handshake_body(), b"s3cret");
+    }
+
+    #[test]
+    fn udp_buffers_are_raised_and_zero_keeps_the_kernel_default() {
+        let default = UdpSocket::bind("127.0.0.1:0").unwrap();
+        size_udp_buffers(&default, 0).unwrap();
+        let kernel = socket2::SockRef::from(&default).recv_buffer_size().unwrap();
+        let raised = UdpSocket::bind("127.0.0.1:0").unwrap();
+        size_udp_buffers(&raised, kernel * 2).unwrap();
+        // Linux reports twice the granted size and caps it at net.core.rmem_max: a host whose cap is the default
+        // cannot raise it, so the check is against the cap read from the kernel.
+        let cap =
+            std::fs::read_to_string("/proc/sys/net/core/rmem_max").map_or(usize::MAX, |v| v.trim().parse().unwrap());
+        let expected = (kernel * 2).min(cap * 2).max(kernel);
+        assert!(socket2::SockRef::from(&raised).recv_buffer_size().unwrap() >= expected);
     }
 }

@@ -43,12 +43,14 @@ pub struct ServerArgs {
     pub token: quic::TokenOptions,
 }
 
-/// A UDP socket for both IPv4 and IPv6 when the host has IPv6, else IPv4 only.
-fn bind_udp(port: u16) -> Result<UdpSocket> {
-    match UdpSocket::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
-        Ok(socket) => Ok(socket),
-        Err(_) => UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("cannot bind UDP port {port}")),
-    }
+/// A UDP socket for both IPv4 and IPv6 when the host has IPv6, else IPv4 only, with room for request bursts.
+fn bind_udp(port: u16, buffer_bytes: usize) -> Result<UdpSocket> {
+    let socket = match UdpSocket::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
+        Ok(socket) => socket,
+        Err(_) => UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("cannot bind UDP port {port}"))?,
+    };
+    quic::size_udp_buffers(&socket, buffer_bytes)?;
+    Ok(socket)
 }
 
 /// Logs refused connections at most once a second, so a flood does not flood the log too.
@@ -73,7 +75,7 @@ impl RefusalLog {
 
 pub async fn run(args: ServerArgs, parent: ParentWatch) -> Result<()> {
     quic::install_crypto_provider();
-    let socket = bind_udp(args.listen_port)?;
+    let socket = bind_udp(args.listen_port, args.link.udp_buffer_bytes)?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(quic::server_config(&args.link)?),

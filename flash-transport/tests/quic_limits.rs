@@ -20,6 +20,7 @@ const LINK: LinkOptions = LinkOptions {
     keep_alive_interval_secs: 2,
     initial_window_bytes: 1_048_576,
     max_message_bytes: 64 << 20,
+    udp_buffer_bytes: quic::UDP_BUFFER_BYTES,
 };
 
 /// A LocalFrame backend: METADATA -> `{}` (msgpack), INFER -> the same body, RESET -> ack.
