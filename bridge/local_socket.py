@@ -132,7 +132,7 @@ class LocalSocketEndpoint:
         try:
             with request_timing.recording() as timing:
                 with timing.stage("decode_ms"):
-                    _, obs = await offload.run(local_frame.unpack, body, self.frame_limits)
+                    _, obs = await offload.decode(local_frame.unpack, body, self.frame_limits)
                 response = await self.slot.infer(obs)
             # The sidecar adds openpi's infer_ms and prev_total_ms to this server_timing (keeping these keys).
             response["server_timing"] = timing.server_timing()

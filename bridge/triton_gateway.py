@@ -228,7 +228,7 @@ def build_inputs(
 
 def _fill_tensors(arrays: list[tuple[InputSpec, np.ndarray]], region: Region | None) -> list[Any]:
     """gRPC inputs: images copied into ``region`` when there is one, everything else serialised (copies that
-    grow with the images, so they run off the event loop)."""
+    grow with the images: on the event loop only up to ``offload.INLINE_MAX_BYTES``)."""
     tensors, offset = [], 0
     for spec, array in arrays:
         tensor = grpcaio.InferInput(spec.name, list(array.shape), spec.datatype)
@@ -477,7 +477,8 @@ class TritonGateway:
     ) -> tuple[list[Any], Region | None]:
         images = [a for spec, a in arrays if spec.datatype == "UINT8"]
         region = await self._region_for(endpoint, images)
-        return await offload.run(_fill_tensors, arrays, region), region
+        nbytes = sum(a.nbytes for _, a in arrays)
+        return await offload.run_sized(nbytes, _fill_tensors, arrays, region), region
 
     async def describe(self, model: str) -> ModelInterface:
         cached = self._interfaces.get(model)

@@ -172,7 +172,7 @@ class WebSocketEndpoint:
     async def _decode(self, message: str | bytes) -> dict[str, Any]:
         if isinstance(message, str):
             raise RobotError("expected a binary msgpack-numpy frame, got a text frame")
-        obs = await offload.run(msgpack_numpy.unpackb, message, self.frame_limits)
+        obs = await offload.decode(msgpack_numpy.unpackb, message, self.frame_limits)
         if not isinstance(obs, dict):
             raise RobotError(f"expected a msgpack map (the observation dict), got {type(obs).__name__}")
         return obs
