@@ -78,13 +78,36 @@ def measured_curve(bench_result: Mapping[str, Any], plan: CheckPlan) -> dict[str
     """The bench's action milliseconds as a cost curve (``openpi_triton.cost_curve``'s format)."""
     device = str(bench_result.get("device", plan.device))
     name = f"measured_{plan.size}_{plan.dtype}_{plan.device}"
+    measured = {int(r["batch"]): float(r["action_ms"]) for r in bench_result["rows"]}
+    curve, raised = monotone_costs(measured)
+    note = (
+        "; raised to the cost of a smaller batch, as a larger batch never costs less (a busy host measured less): "
+        + ", ".join(f"batch {b}: {measured[b]:g} -> {curve[b]:g} ms" for b in raised)
+        if raised
+        else ""
+    )
     return {
         "name": name,
         "description": f"{plan.size} random-weight pi0.5 action chunk, {plan.dtype}, {plan.num_steps} flow steps, "
-        f"measured on {device} (median of {plan.iters} warm calls, openpi's transforms included)",
+        f"measured on {device} (median of {plan.iters} warm calls, openpi's transforms included){note}",
         "source": f"perf/gpu_check.py on {results_files.machine()}, {datetime.datetime.now(datetime.UTC):%Y-%m-%d}",
-        "ms_per_call": {str(r["batch"]): r["action_ms"] for r in bench_result["rows"]},
+        "ms_per_call": {str(b): ms for b, ms in curve.items()},
     }
+
+
+def monotone_costs(measured: Mapping[int, float]) -> tuple[dict[int, float], list[int]]:
+    """Per-call costs that never fall with the batch (a cost curve's rule): each is at least the largest cost of
+    a smaller batch. A busy host can time a larger batch below a smaller one; the curve keeps the smaller one's
+    cost and the batches raised are returned, for the curve's description."""
+    curve: dict[int, float] = {}
+    raised: list[int] = []
+    highest = 0.0
+    for batch in sorted(measured):
+        if measured[batch] < highest:
+            raised.append(batch)
+        highest = max(highest, measured[batch])
+        curve[batch] = highest
+    return curve, raised
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:

@@ -1,5 +1,6 @@
-"""The robot scheduler measured on a cost curve: queue delay, preferred batch sizes and the stale deadline,
-side by side in one run (SIMULATED GPU cost curve, our stack over WebSocket, robots at 10 Hz).
+"""The robot scheduler measured on a cost curve: Triton's queue delay, preferred batch sizes and the stale
+deadline, alone and behind the bridge's fleet gate, side by side in one run (SIMULATED GPU cost curve, our
+stack over WebSocket, robots at 10 Hz).
 
     python -m perf.scheduler                     # make perf-scheduler: perf/results/scheduler-<date>/
     python -m perf.scheduler --cost-curve my_gpu.json --robots 8,16 --duration 15
@@ -31,13 +32,22 @@ from perf.fleet import FleetOptions, run_fleet
 from perf.repository import RepositoryVariant
 from perf.served_model import prepare
 
+GATE_OFF = {"enabled": False}
+GATE_ON = {"enabled": True}
 
-def variants(period_us: int) -> list[Scheduler]:
-    return [
+
+def variants(period_us: int) -> list[tuple[str, Scheduler, dict[str, Any]]]:
+    """(label, Triton's dynamic batcher, the bridge's ``triton.fleet_batching``): Triton's batcher alone, then
+    with the bridge's fleet gate in front, each with and without the stale deadline."""
+    alone = [
         Scheduler(queue_delay_us=0),
         Scheduler(queue_delay_us=10_000),
         Scheduler.for_buckets(DEFAULT_BATCH_BUCKETS, queue_delay_us=10_000),
         Scheduler(queue_delay_us=10_000, stale_after_us=period_us),
+    ]
+    gated = [Scheduler(queue_delay_us=2_000), Scheduler(queue_delay_us=2_000, stale_after_us=period_us)]
+    return [(f"{s.label()}, Triton alone", s, GATE_OFF) for s in alone] + [
+        (f"{s.label()}, fleet gate", s, GATE_ON) for s in gated
     ]
 
 
@@ -87,14 +97,16 @@ def run(
         ensemble=bool(bls_instances),
     )  # fmt: skip
     if bls_instances:
-        cases = [(f"{n} BLS instances, delay 10 ms", Scheduler(queue_delay_us=10_000), n) for n in bls_instances]
+        fleet = Scheduler(queue_delay_us=2_000)
+        cases = [(f"{n} BLS instances, {fleet.label()}, fleet gate", fleet, GATE_ON, n) for n in bls_instances]
     else:
-        cases = [(s.label(), s, None) for s in variants(int(1e6 / rate_hz))]
+        cases = [(label, s, gate, None) for label, s, gate in variants(int(1e6 / rate_hz))]
     measured = []
-    for index, (label, scheduler, instances) in enumerate(cases):
+    for index, (label, scheduler, gate, instances) in enumerate(cases):
         variant = RepositoryVariant(parameters=model.parameters(), scheduler=scheduler, bls_instances=instances)
-        rows, _ = run_fleet(options, model, work / str(index), repository=variant)
-        measured.append({"scheduler": label, "rows": rows})
+        gated = dataclasses.replace(options, fleet_batching=gate)
+        rows, _ = run_fleet(gated, model, work / str(index), repository=variant)
+        measured.append({"scheduler": label, "fleet_batching": gate, "rows": rows})
     report = {
         **results_files.stamp(command),
         "rate_hz": rate_hz,

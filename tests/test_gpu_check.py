@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 
 from openpi_triton import cost_curve
+from perf.gpu_check import monotone_costs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -30,3 +31,8 @@ def test_gpu_check_quick_runs_every_step_and_writes_its_results(tmp_path: pathli
     assert all(r["calls"] > 0 and r["errors"] == 0 for r in fleet.values()), fleet
     text = (out / "gpu_check.md").read_text()
     assert text.startswith("# GPU check (quick") and "| 1 | websocket |" in text and "measured_tiny" in text
+
+
+def test_a_measured_curve_is_monotone_and_names_the_batches_it_raised() -> None:
+    assert monotone_costs({1: 483.7, 2: 229.2, 4: 500.0, 8: 900.0}) == ({1: 483.7, 2: 483.7, 4: 500.0, 8: 900.0}, [2])
+    assert monotone_costs({1: 73.0, 2: 90.0}) == ({1: 73.0, 2: 90.0}, [])
