@@ -42,6 +42,12 @@ def test_environment_overrides_one_field(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert config.triton.url == "127.0.0.1:9101"
 
 
+def test_the_fleet_gate_is_on_by_default_and_one_variable_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert BridgeConfig().triton.fleet_batching.max_return_s == 0.025
+    monkeypatch.setenv("OPENPI_TRITON__FLEET_BATCHING__ENABLED", "false")
+    assert BridgeConfig().triton.fleet_batching.max_return_s is None
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [
@@ -55,6 +61,8 @@ def test_environment_overrides_one_field(monkeypatch: pytest.MonkeyPatch, tmp_pa
         ({"triton": {"discovery": {"name": "triton", "refresh_s": 0.1}}}, r"refresh_s\n.*greater than or equal to 0.5"),
         ({"triton": {"discovery": {"name": ""}}}, "discovery.name"),
         ({"triton": {"discovery": {"name": "t", "nameservers": ["dns.local"]}}}, "name server 'dns.local'"),
+        ({"triton": {"fleet_batching": {"max_return_ms": -1}}}, r"fleet_batching.max_return_ms\n.*greater than or"),
+        ({"triton": {"fleet_batching": {"window": 5}}}, "fleet_batching.window"),
     ],
 )
 def test_invalid_configs_name_the_field(data: dict, field: str) -> None:
