@@ -54,6 +54,10 @@ def test_answers_and_failures_are_counted_per_slot_transport_and_model(
     assert grew("openpi_bridge_request_seconds_count", **websocket) == 3
     assert grew("openpi_bridge_triton_failures_total", model="combined_ensemble", status="INVALID_ARGUMENT") == 1
     assert grew("openpi_bridge_triton_seconds_count", model="combined_ensemble") == 3  # the bridge's refusal: no call
+    # Every call passed the fleet gate, one at a time (each robot alone): three batches of one request.
+    assert grew("openpi_bridge_fleet_hold_seconds_count", model="combined_ensemble") == 3
+    assert grew("openpi_bridge_fleet_batch_requests_count", model="combined_ensemble") == 3
+    assert grew("openpi_bridge_fleet_batch_requests_sum", model="combined_ensemble") == 3
     assert grew("openpi_bridge_bytes_received_total", **websocket) > 3 * 600_000  # four 3x224x224 cameras each
     assert grew("openpi_bridge_bytes_sent_total", **websocket) > 0
     assert metric_sum(after, "openpi_bridge_connections", slot="action", transport="quic") >= 1  # still open
