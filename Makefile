@@ -125,8 +125,8 @@ perf-scheduler: venv default-model
 	$(PY) -m perf.scheduler --cost-curve $(CURVE)
 
 # Soak test: a fresh stack (Triton + bridge + QUIC sidecar) and 16 robots (4 on QUIC) at 0.9 Hz each for 5 min,
-# every answer checked against the robot's reference; fails on a lost/wrong answer, >10 % RSS growth or p99 drift.
-# Report in perf/results/soak-<timestamp>/soak.json. `make test` runs a 4-robot, 20 s version.
+# every answer checked; fails on a lost/wrong answer, >10 % RSS growth, >16 new descriptors or p99 drift.
+# Report in perf/results/soak-<timestamp>/soak.json. `make test` runs a 4-robot, 20 s version (drift not judged).
 .PHONY: soak
 soak: venv default-model flash-transport
 	$(PY) -m perf.soak --robots 16 --duration 300
