@@ -19,8 +19,12 @@ between attacks included.
 Rules, per attack (any broken rule fails the attack, and the run exits 1):
 - the attacker saw what the fixed stack answers (the ``expected`` column; see ``perf.attack_cases``);
 - witnesses: no wrong answer ever; no error outside fault attacks; every call in flight during a non-fault attack
-  (and its settle time) at most 3x the witness's quiet p99 + 50 ms (the floor: on 2 cores a quiet p99 can be
-  tiny, and one scheduler hiccup is not a stall);
+  (and its settle time) at most 3x the witness's quiet p99 x the host's load factor + 50 ms (the floor: on 2
+  cores a quiet p99 can be tiny, and one scheduler hiccup is not a stall). The load factor follows a shared
+  host whose other work comes and goes during the run: the witness's median over its quiet calls just before
+  the attack and just after it (attack over and settled, at least 4 calls each), the higher of the two, over
+  its median in the quiet phase, and at least 1. A stall or a slowdown the attack causes while it runs does
+  not move those medians, so it still breaks the rule;
 - fault attacks: witnesses may see errors, then must answer right again by themselves (3 in a row each)
   within ``--recovery`` seconds (default 180: Triton's restart includes loading and warming every model);
 - memory: bridge peak RSS during the attack <= 4 x N + 32 MiB, N the largest message the attacker sent
@@ -73,6 +77,7 @@ from perf.soak import _cmdline
 RESULTS_ROOT = pathlib.Path(__file__).resolve().parent / "results"
 CONFIG_NAME = "pi05_aloha"  # the embedded default model that `make serve` serves
 LATENCY_FACTOR, LATENCY_FLOOR_MS = 3.0, 50.0
+LOAD_CALLS = 4  # quiet calls per witness before and after each attack that set its load factor
 PEAK_FACTOR, PEAK_SLACK = 4.0, 32 * MiB
 RETAINED_RSS, RETAINED_FDS = 32 * MiB, 8
 MIN_WINDOW_S, SETTLE_S, MAX_SETTLE_S = 2.0, 2.0, 15.0
@@ -95,7 +100,16 @@ class WitnessStats:
     wrong: int
     max_ms: float
     limit_ms: float
+    load_factor: float = 1.0
     first_problem: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Quiet:
+    """A witness's latency without attacks: the quiet phase's p99 and median (ms)."""
+
+    p99_ms: float
+    p50_ms: float
 
 
 @dataclasses.dataclass
@@ -130,34 +144,50 @@ def witness_specs(stack: Stack, rate_hz: float, logs: pathlib.Path) -> list[Witn
     ]  # fmt: skip
 
 
-def quiet_p99(fleet: WitnessFleet, seconds: float) -> dict[str, float]:
-    """Each witness's p99 over ``seconds`` without attacks; any error or wrong answer here aborts the run."""
+def quiet_baseline(fleet: WitnessFleet, seconds: float) -> dict[str, Quiet]:
+    """Each witness's p99 and median over ``seconds`` without attacks; an error or wrong answer aborts the run."""
     began = time.monotonic()
     time.sleep(seconds)  # the measurement window itself
     calls = fleet.overlapping(began, time.monotonic())
     bad = [c for c in calls if c.outcome != "ok"]
     if bad:
         raise RuntimeError(f"witnesses failed before any attack: {bad[0].witness}: {bad[0].outcome} {bad[0].detail}")
-    p99 = {}
+    quiet = {}
     for spec in fleet.specs:
         latencies = [c.latency_ms for c in calls if c.witness == spec.name]
         if len(latencies) < 5:
             raise RuntimeError(f"witness {spec.name} made only {len(latencies)} calls in the quiet phase")
-        p99[spec.name] = float(np.percentile(latencies, 99))
-    return p99
+        quiet[spec.name] = Quiet(float(np.percentile(latencies, 99)), float(np.median(latencies)))
+    return quiet
 
 
-def witness_stats(calls: list[Call], p99: dict[str, float]) -> dict[str, WitnessStats]:
+def load_factor(quiet: Quiet, before: Sequence[Call], after: Sequence[Call]) -> float:
+    """How much slower the host answers this witness around an attack than in the quiet phase (see the module
+    docstring); medians of right answers, so one slow call does not move it, and a span of fewer than
+    ``LOAD_CALLS`` calls does not count."""
+    medians = [
+        float(np.median([c.latency_ms for c in span if c.outcome == "ok"]))
+        for span in (before, after)
+        if sum(c.outcome == "ok" for c in span) >= LOAD_CALLS
+    ]
+    return max([1.0] + [m / quiet.p50_ms for m in medians if quiet.p50_ms > 0])
+
+
+def witness_stats(
+    calls: list[Call], quiet: dict[str, Quiet], before: Sequence[Call] = (), after: Sequence[Call] = ()
+) -> dict[str, WitnessStats]:
     stats = {}
-    for name, quiet in p99.items():
+    for name, baseline in quiet.items():
         mine = [c for c in calls if c.witness == name]
         problems = [c for c in mine if c.outcome != "ok"]
+        factor = load_factor(baseline, *([c for c in span if c.witness == name] for span in (before, after)))
         stats[name] = WitnessStats(
             calls=len(mine),
             errors=sum(c.outcome == "error" for c in mine),
             wrong=sum(c.outcome == "wrong" for c in mine),
             max_ms=round(max((c.latency_ms for c in mine), default=0.0), 1),
-            limit_ms=round(LATENCY_FACTOR * quiet + LATENCY_FLOOR_MS, 1),
+            limit_ms=round(LATENCY_FACTOR * baseline.p99_ms * factor + LATENCY_FLOOR_MS, 1),
+            load_factor=round(factor, 2),
             first_problem=f"{problems[0].outcome}: {problems[0].detail}"[:300] if problems else "",
         )
     return stats
@@ -217,7 +247,9 @@ def settled_usage(sampler: Sampler, before: Usage | None, min_s: float, max_s: f
                        {p: min(lowest.fds.get(p, 0), sample.fds.get(p, 0)) for p in PARTS})  # fmt: skip
 
 
-def run_attack(attack: Attack, ctx: Context, p99: dict[str, float]) -> AttackResult:
+def run_attack(attack: Attack, ctx: Context, quiet: dict[str, Quiet], since: float) -> AttackResult:
+    """One attack; ``since``: when the previous attack's window ended (its quiet calls from then on, until this
+    attack begins, are the "before" of the load factor)."""
     if not ctx.stack.alive():
         return skipped(attack, "FAIL", f"not run: the stack is down (exit {ctx.stack.process.returncode})")
     before = ctx.sampler.now()
@@ -237,10 +269,14 @@ def run_attack(attack: Attack, ctx: Context, p99: dict[str, float]) -> AttackRes
         after = settled_usage(ctx.sampler, before, SETTLE_S, MAX_SETTLE_S)
     window_end = time.monotonic()
     ctx.fleet.wait_for_calls_after(window_end, timeout_s=15)
+    quiet_before = [c for c in ctx.fleet.calls if c.started >= since and c.ended <= began]
+    quiet_after: list[Call] = []
+    if not attack.fault:  # fault attacks are judged on errors and recovery, not on latency
+        quiet_after = ctx.fleet.calls_started_after(window_end, LOAD_CALLS, timeout_s=30)
     result = AttackResult(
         attack.name, attack.expected, observation.observed, attack.fault, observation.ok,
-        witness_stats(ctx.fleet.overlapping(began, window_end), p99), before, after, peak,
-        attack.frame_bytes, round(ended - began, 2), [], observation.details,
+        witness_stats(ctx.fleet.overlapping(began, window_end), quiet, quiet_before, quiet_after), before, after,
+        peak, attack.frame_bytes, round(ended - began, 2), [], observation.details,
     )  # fmt: skip
     result.window = (began, window_end)
     result.failures = judge(attack, result)
@@ -362,14 +398,20 @@ def run(options: Options, results: pathlib.Path) -> list[AttackResult]:
                 print(decode_cost.format_costs(costs.result()), flush=True)
             sampler = Sampler(stack.process.pid).start()
             quiet_from = time.monotonic()
-            p99 = quiet_p99(fleet, options.quiet_s)
-            print(f"[attack] quiet p99 (ms): {', '.join(f'{k} {v:.0f}' for k, v in p99.items())}", flush=True)
+            quiet = quiet_baseline(fleet, options.quiet_s)
+            print(
+                "[attack] quiet p99 / median (ms): "
+                + ", ".join(f"{k} {q.p99_ms:.0f} / {q.p50_ms:.0f}" for k, q in quiet.items()),
+                flush=True,
+            )
+            since = time.monotonic()
             ctx = Context(stack, fleet, sampler, CONFIG_NAME, results, options.recovery_s)
             print(table_header(), flush=True)
             if rows:
                 print(table_line(rows[0]), flush=True)
             for attack in attacks:
-                rows.append(attack_or_skip(attack, ctx, p99))
+                rows.append(attack_or_skip(attack, ctx, quiet, since))
+                since = max(since, rows[-1].window[1])
                 print(table_line(rows[-1]), flush=True)
             rows.append(whole_run_result(fleet, rows, quiet_from))
             print(table_line(rows[-1]), flush=True)
@@ -378,10 +420,10 @@ def run(options: Options, results: pathlib.Path) -> list[AttackResult]:
     return rows
 
 
-def attack_or_skip(attack: Attack, ctx: Context, p99: dict[str, float]) -> AttackResult:
+def attack_or_skip(attack: Attack, ctx: Context, quiet: dict[str, Quiet], since: float) -> AttackResult:
     if attack.needs_aioquic and not attack_quic.available():
         return skipped(attack, "SKIP", "not run: aioquic is not installed (pip install aioquic)")
-    return run_attack(attack, ctx, p99)
+    return run_attack(attack, ctx, quiet, since)
 
 
 def shutdown(stack: Stack, fleet: WitnessFleet | None, sampler: Sampler | None) -> None:
@@ -402,7 +444,8 @@ def write_report(rows: list[AttackResult], options: Options, results: pathlib.Pa
     report = {
         "options": dataclasses.asdict(options),
         "rules": {
-            "latency": f"witness max <= {LATENCY_FACTOR:g} x quiet p99 + {LATENCY_FLOOR_MS:g} ms (non-fault)",
+            "latency": f"witness max <= {LATENCY_FACTOR:g} x quiet p99 x load factor + {LATENCY_FLOOR_MS:g} ms "
+            f"(non-fault; load factor: quiet median before / after the attack over the quiet phase's, >= 1)",
             "peak": f"bridge peak RSS growth <= {PEAK_FACTOR:g} x N + {PEAK_SLACK // MiB} MiB",
             "retained": f"each part within {RETAINED_RSS // MiB} MiB and {RETAINED_FDS} fds within {MAX_SETTLE_S:g} s",
             "fault": f"right answers again within {options.recovery_s:g} s",

@@ -232,6 +232,18 @@ class WitnessFleet:
                 return
             time.sleep(0.05)
 
+    def calls_started_after(self, moment: float, count: int, timeout_s: float) -> list[Call]:
+        """Until every witness has ``count`` calls that started after ``moment`` and ended (or the timeout);
+        returns those calls."""
+        deadline = time.monotonic() + timeout_s
+        names = {s.name for s in self.specs}
+        while True:
+            self.drain()
+            later = [c for c in self.calls if c.started >= moment]
+            if all(sum(c.witness == n for c in later) >= count for n in names) or time.monotonic() >= deadline:
+                return later
+            time.sleep(0.05)
+
     def stop(self) -> None:
         self.stop_event.set()
         for p in self.processes:

@@ -13,7 +13,7 @@ import sys
 
 from openpi_triton.native.tiny import EmbeddedDefault
 from perf import decode_cost
-from perf.attack import Options, select
+from perf.attack import Options, Quiet, select, witness_stats
 from perf.attack_cases import _ok_streak_start, _why_not, catalog
 from perf.attack_clients import Outcome
 from perf.attack_witness import Call
@@ -41,6 +41,25 @@ def test_recovery_needs_three_right_answers_in_a_row() -> None:
     calls = [Call("ws", float(t), 10.0, o) for t, o in enumerate(["error", "ok", "error", "ok", "ok", "ok", "ok"])]
     assert _ok_streak_start(calls, 3) == 3.0
     assert _ok_streak_start(calls[:5], 3) is None
+
+
+def test_witness_limit_follows_the_host_load_around_an_attack_but_not_a_stall_in_it() -> None:
+    quiet = {"ws": Quiet(p99_ms=300.0, p50_ms=200.0)}
+
+    def calls(latencies: list[float], at: float) -> list[Call]:
+        return [Call("ws", at + i, ms, "ok") for i, ms in enumerate(latencies)]
+
+    loaded = calls([400.0, 420.0, 380.0, 400.0], 0.0)  # the host got twice as slow before and after the attack
+    attack = calls([900.0, 1000.0], 10.0)  # over 3 x 300 + 50 ms, under 3 x 300 x 2 + 50 ms
+    stats = witness_stats(attack, quiet, loaded, calls([390.0, 400.0, 410.0, 400.0], 20.0))["ws"]
+    assert stats.load_factor == 2.0 and stats.max_ms <= stats.limit_ms == 1850.0
+    # Same calls with a quiet host around them: the attack slowed the witness, and that breaks the rule.
+    steady = calls([200.0, 190.0, 210.0, 200.0], 0.0)
+    stats = witness_stats(attack, quiet, steady, steady)["ws"]
+    assert stats.load_factor == 1.0 and stats.max_ms > stats.limit_ms == 950.0
+    # One slow call around the attack does not raise the limit (medians), nor do too few calls.
+    stats = witness_stats(attack, quiet, calls([200.0, 5000.0, 200.0, 200.0], 0.0), calls([5000.0] * 3, 20.0))["ws"]
+    assert stats.load_factor == 1.0
 
 
 def test_decode_cost_measures_the_frame_a_benign_decode_copies() -> None:
