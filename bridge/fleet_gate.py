@@ -11,10 +11,11 @@ fleet in one batch. The next batch leaves when
 - no robot is expected back: a robot (one connection) that came back within ``max_return_s`` of its last
   answer is expected back for ``max_return_s`` after its next one (it sends as soon as it has its actions);
   a robot that paces at its own rate (came back later) or is new is never waited for; or
-- the held requests fill a batch (the model's ``max_batch_size``);
+- the held requests fill a batch (the model's ``max_batch_size``): a full batch leaves at once, even while
+  the instances are busy (it waits in Triton's queue and starts the moment the running batch ends);
 
-and only while fewer batches run than the model has instances (on every Triton server). A request that finds an
-instance free and nobody expected back leaves at once: a lone robot never waits here.
+and a partial batch only while fewer batches run than the model has instances (on every Triton server). A
+request that finds an instance free and nobody expected back leaves at once: a lone robot never waits here.
 """
 
 from __future__ import annotations
@@ -166,11 +167,17 @@ class FleetGate:
         now = loop.time()
         for robot in [r for r, until in self._expected.items() if until <= now]:
             del self._expected[robot]  # late: it paces at its own rate now, or is gone
-        while self._held and self._running < max(1, self._concurrency()):
+        while self._held:
             size = max(1, self._max_batch())
-            if len(self._held) < size and self._expected:
-                self._arm_timer(loop, min(self._expected.values()))
-                return
+            # A full batch leaves even while every instance is busy: it cannot grow, and queued in Triton behind
+            # the running one it starts the moment that ends. A partial one waits for a free instance and for
+            # the robots expected back.
+            if len(self._held) < size:
+                if self._running >= max(1, self._concurrency()):
+                    return
+                if self._expected:
+                    self._arm_timer(loop, min(self._expected.values()))
+                    return
             batch = _Batch(0)
             while self._held and batch.outstanding < size:
                 future = self._held.popleft()

@@ -200,12 +200,27 @@ def test_while_triton_gathers_a_batch_new_requests_join_it() -> None:
 def test_batches_run_side_by_side_up_to_the_instances() -> None:
     async def scenario() -> None:
         g = gate(concurrency=2, max_batch=2)
-        requests = [Bot(g).request() for _ in range(5)]
+        requests = [Bot(g).request() for _ in range(3)]
         await settle()
-        assert [r.left.is_set() for r in requests] == [True, True, False, False, False], "two instances"
+        assert [r.left.is_set() for r in requests] == [True, True, False], "two instances, two batches"
         await requests[0].answered()
         await settle()
-        assert [r.left.is_set() for r in requests[2:]] == [True, True, False], "a full batch of 2 on the free one"
+        assert requests[2].left.is_set() and g.running == 2 and g.held == 0, "one instance free: the third goes"
+
+    run(scenario)
+
+
+def test_a_full_batch_leaves_while_the_instances_are_busy_a_partial_one_waits() -> None:
+    """A full batch cannot grow: it waits in Triton's queue instead, and starts the moment the running one ends."""
+
+    async def scenario() -> None:
+        g = gate(max_batch=2)
+        running = Bot(g).request()
+        await running.wait_left()
+        full = [Bot(g).request() for _ in range(2)]
+        partial = Bot(g).request()
+        await settle()
+        assert all(r.left.is_set() for r in full) and not partial.left.is_set()
         assert g.running == 2 and g.held == 1
 
     run(scenario)
