@@ -101,9 +101,11 @@ class FleetBatching(_Strict):
     """Batches that keep a closed-loop fleet together (bridge/fleet_gate.py, docs/performance.md): a model's
     requests wait in the bridge while its instances are busy, and the next batch waits for the robots just
     answered that come straight back (within ``max_return_ms`` of their answer; the longest it waits for one).
-    Off: Triton's dynamic batcher alone."""
+    Off by default: it pays where a batch costs far less than its size in single calls (a GPU), together with a
+    queue delay of 1-2 ms on the model; on a CPU, where a batch costs about its size, the model idles while a
+    batch's answers travel. Off: Triton's dynamic batcher alone."""
 
-    enabled: bool = True
+    enabled: bool = False
     max_return_ms: float = Field(default=25.0, ge=0, le=1000)
 
     @property

@@ -48,6 +48,8 @@ TRANSPORTS = (*OURS, VIA_BLS, BASELINE)
 # The bridge's fleet gate lets a batch's requests go together; a short queue delay covers the time they take
 # to reach Triton, so the first does not leave alone (docs/performance.md#fleet-batching).
 FLEET_SCHEDULER = Scheduler(queue_delay_us=2_000)
+# Our robots go through the bridge's fleet gate in both phases (off in the bridge's default config).
+FLEET_GATE: dict[str, Any] = {"fleet_batching": {"enabled": True}}
 # Every batch size compiled: whatever size the batcher forms is computed as it is, never padded up to a bucket
 # (padding costs the rows it adds: on CPU nearly linearly, under the curve its price for the bucket).
 FLEET_BUCKETS = "1,2,3,4,5,6,7,8"
@@ -244,15 +246,15 @@ def run(options: CapacityOptions, results: pathlib.Path, command: str) -> dict[s
     work = pathlib.Path(tempfile.mkdtemp(prefix="perf-capacity-"))
     print(f"[capacity] logs and per-phase fleet files in {work}", flush=True)
     timing = dict(rate_hz=options.rate_hz, duration_s=options.duration_s)
-    fleet = FleetOptions(robots=options.simulated_robots, transports=(*OURS, BASELINE), **timing)
+    fleet = FleetOptions(robots=options.simulated_robots, transports=(*OURS, BASELINE), **timing, **FLEET_GATE)
     buckets = {"batch_buckets": options.batch_buckets}
     scheduled = RepositoryVariant(parameters={**simulated_model.parameters(), **buckets}, scheduler=options.scheduler)
     sim_rows, _ = run_fleet(fleet, simulated_model, work / "simulated", repository=scheduled)
     if 8 in options.simulated_robots:
-        bls = FleetOptions(robots=(8,), transports=("websocket",), ensemble=True, **timing)
+        bls = FleetOptions(robots=(8,), transports=("websocket",), ensemble=True, **timing, **FLEET_GATE)
         bls_rows, _ = run_fleet(bls, simulated_model, work / "simulated-bls", repository=scheduled)
         sim_rows += [{**r, "transport": VIA_BLS} for r in bls_rows]
-    tiny = FleetOptions(robots=options.tiny_robots, transports=(*OURS, BASELINE), **timing)
+    tiny = FleetOptions(robots=options.tiny_robots, transports=(*OURS, BASELINE), **timing, **FLEET_GATE)
     tiny_variant = RepositoryVariant(parameters={**tiny_model.parameters(), **buckets})
     tiny_rows, _ = run_fleet(tiny, tiny_model, work / "tiny", repository=tiny_variant)
     goals = simulated_goals(sim_rows, curve.name) + tiny_goals(tiny_rows)
