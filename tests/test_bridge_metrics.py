@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import pathlib
 import urllib.error
 import urllib.request
@@ -136,3 +137,43 @@ def test_every_series_the_grafana_dashboard_plots_is_exported(
 
     missing = sorted(n for n in expected if not declared(n))
     assert not missing, f"the dashboard plots series nobody exports: {missing}"
+
+
+def test_a_fleet_through_the_fleet_gate_gets_its_own_answers_and_the_gate_counts_them(
+    triton_server: TritonServer, tmp_path: pathlib.Path
+) -> None:
+    """The gate on (as for a GPU fleet): four closed-loop robots at once each get the answer they get alone,
+    nothing is lost, and the gate's histograms count every request it let go."""
+    gated = {"url": triton_server.grpc_url, "fleet_batching": {"enabled": True}}
+    bridge = start_bridge_process(triton_server.grpc_url, tmp_path, triton=gated)
+    try:
+        observations = {seed: aloha_obs(seed, mode="action_only", noise=_noise(seed)) for seed in range(4)}
+        alone = {
+            seed: WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port).infer(obs)
+            for seed, obs in observations.items()
+        }
+        before = bridge_metrics(bridge)
+
+        def closed_loop(seed: int) -> list[np.ndarray]:
+            robot = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
+            return [robot.infer(observations[seed])["actions"] for _ in range(5)]
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = dict(zip(observations, pool.map(closed_loop, observations), strict=True))
+        after = bridge_metrics(bridge)
+    finally:
+        stop_bridge_process(bridge)
+    for seed, chunks in answers.items():
+        for actions in chunks:
+            assert np.abs(actions - alone[seed]["actions"]).max() < 1e-4, seed
+    released = metric_sum(after, "openpi_bridge_fleet_batch_requests_sum") - metric_sum(
+        before, "openpi_bridge_fleet_batch_requests_sum"
+    )
+    held = metric_sum(after, "openpi_bridge_fleet_hold_seconds_count") - metric_sum(
+        before, "openpi_bridge_fleet_hold_seconds_count"
+    )
+    assert released == held == 20
+
+
+def _noise(seed: int) -> np.ndarray:
+    return np.random.default_rng(900 + seed).standard_normal((50, 32)).astype(np.float32)
