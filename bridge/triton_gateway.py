@@ -625,10 +625,10 @@ class TritonGateway:
     async def _wait_for_batch(self, admission: Admission, model: str) -> None:
         """Holds the request at the fleet gate until its batch leaves; the model's queue deadline counts here too
         (an observation too old for its control period is not sent at all)."""
-        cached = self._interfaces.get(model)
-        deadline_s = cached.stale_after_ms / 1000.0 if cached is not None and cached.stale_after_ms else None
         if admission.admitted:
             return  # a retry on another server: the request keeps its place
+        cached = self._interfaces.get(model)
+        deadline_s = cached.stale_after_ms / 1000.0 if cached is not None and cached.stale_after_ms else None
         started = time.perf_counter()
         try:
             with request_timing.stage("fleet_hold_ms"):
