@@ -1,4 +1,4 @@
-"""Closed-loop batching for a robot fleet: a model's requests wait in the bridge while its instances are busy,
+"""Closed-loop batching for a robot fleet: a model's requests wait in the bridge while its devices are busy,
 and when a batch is answered, the robots that come straight back get a moment to do so before the next batch
 leaves.
 
@@ -12,9 +12,10 @@ fleet in one batch. The next batch leaves when
   answer is expected back for ``max_return_s`` after its next one (it sends as soon as it has its actions);
   a robot that paces at its own rate (came back later) or is new is never waited for; or
 - the held requests fill a batch (the model's ``max_batch_size``): a full batch leaves at once, even while
-  the instances are busy (it waits in Triton's queue and starts the moment the running batch ends);
+  the devices are busy (it waits in Triton's queue and starts the moment the running batch ends: on a second
+  instance of the same GPU, its transforms run while the first batch computes);
 
-and a partial batch only while fewer batches run than the model has instances (on every Triton server). A
+and a partial batch only while fewer batches run than the model has devices (GPUs, on every Triton server). A
 request that finds an instance free and nobody expected back leaves at once: a lone robot never waits here.
 """
 
@@ -73,7 +74,7 @@ class FleetGate:
     ``on_release`` hears the size of each batch let go. ``queue_delay`` is the model's
     ``max_queue_delay_microseconds`` (in seconds): while Triton still gathers a batch let go that long ago,
     a new request joins it instead of waiting behind it.
-    ``max_return_s`` = 0 still holds requests while the instances are busy but never waits for robots.
+    ``max_return_s`` = 0 still holds requests while the devices are busy but never waits for robots.
     """
 
     def __init__(
@@ -169,8 +170,8 @@ class FleetGate:
             del self._expected[robot]  # late: it paces at its own rate now, or is gone
         while self._held:
             size = max(1, self._max_batch())
-            # A full batch leaves even while every instance is busy: it cannot grow, and queued in Triton behind
-            # the running one it starts the moment that ends. A partial one waits for a free instance and for
+            # A full batch leaves even while every device is busy: it cannot grow, and queued in Triton behind
+            # the running one it starts the moment that ends. A partial one waits for a free device and for
             # the robots expected back.
             if len(self._held) < size:
                 if self._running >= max(1, self._concurrency()):

@@ -50,8 +50,8 @@ class ModelInterface:
     parameters: dict[str, str] = dataclasses.field(default_factory=dict)
     # The model's queue deadline (dynamic_batching.default_queue_policy), None when it has none.
     stale_after_ms: float | None = None
-    # Batches one Triton server runs at once (its instance_group), and the most requests in one batch.
-    instances: int = 1
+    # Batches one Triton server computes at once: its devices (see ``_devices``); the most requests in one batch.
+    devices: int = 1
     max_batch_size: int = 1
     # How long Triton's dynamic batcher gathers a batch (max_queue_delay_microseconds).
     queue_delay_s: float = 0.0
@@ -87,20 +87,28 @@ def interface_from_config(name: str, config: Mapping[str, Any]) -> ModelInterfac
         time.monotonic(),
         parameters,
         stale_after_ms,
-        instances=_instance_count(config),
+        devices=_devices(config),
         max_batch_size=max(1, int(config.get("max_batch_size", 0) or 0)),
         queue_delay_s=int(batching.get("max_queue_delay_microseconds", 0) or 0) / 1e6,
     )
 
 
-def _instance_count(config: Mapping[str, Any]) -> int:
-    """Instances of a model on one server: ``count`` per group, once per listed GPU (Triton's rule)."""
-    total = 0
+def _devices(config: Mapping[str, Any]) -> int:
+    """Devices a model's instances compute on, on one server: each GPU its ``KIND_GPU`` groups list (Triton's
+    normalised config lists them; a group without the list counts once per instance), and the host once for
+    all other groups. Instances on one device take turns there (a GPU runs one batch after another): a second
+    instance on a GPU prepares the next batch while the first computes, it does not double the compute."""
+    gpus: set[int] = set()
+    unlisted = 0
+    on_host = False
     for group in config.get("instance_group") or []:
-        count = int(group.get("count", 1) or 1)
-        gpus = group.get("gpus") or []
-        total += count * max(1, len(gpus))
-    return max(1, total)
+        if group.get("kind") == "KIND_GPU":
+            listed = {int(g) for g in group.get("gpus") or []}
+            gpus |= listed
+            unlisted += 0 if listed else int(group.get("count", 1) or 1)
+        else:
+            on_host = True
+    return max(1, len(gpus) + unlisted + int(on_host))
 
 
 def robot_name(tensor: str) -> str:
@@ -595,7 +603,7 @@ class TritonGateway:
         return gate
 
     def _concurrent_batches(self, model: str) -> int:
-        """Batches of ``model`` that can run at once: its instances (an ensemble's: its action model's, where
+        """Batches of ``model`` that can run at once: its devices (an ensemble's: its action model's, where
         the compute is) on every server that takes requests. Unbounded when the gate is off."""
         if self.fleet_max_return_s is None:
             return 1 << 30
@@ -603,7 +611,7 @@ class TritonGateway:
         if compute is None:
             return 1
         servers = sum(1 for e in self.endpoints if e.healthy) or 1
-        return compute.instances * servers
+        return compute.devices * servers
 
     def _queue_delay_s(self, model: str) -> float:
         """How long Triton gathers a batch of ``model``: its own queue delay, and its action model's behind it."""

@@ -14,6 +14,7 @@ native one with its model replaced), so the norm stats and tokenizer come from a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import time
@@ -27,6 +28,7 @@ from openpi_triton.domain import batching, output_transforms
 from openpi_triton.domain.configs import PolicyConfig, get_policy_config
 from openpi_triton.native import checkpoint, tokenizer
 from openpi_triton.native.policy import NativePolicy, PolicyOptions, PreparedObservation, checked_norm_stats
+from openpi_triton.simulated_device import SimulatedDevice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +59,11 @@ class SimulatedPolicy:
         sp_tokenizer: Any,
         options: PolicyOptions,
         curve: CostCurve,
+        device: SimulatedDevice | None = None,
     ) -> None:
         self.config = config
+        # Shared with the other instances on this device (None: this policy has the device to itself).
+        self.device = device
         self.options = options
         self.curve = curve
         self.norm_stats = checked_norm_stats(config, norm_stats)
@@ -80,7 +85,8 @@ class SimulatedPolicy:
         chunks = batching.split_into_buckets(len(prepared), self.options.batch_buckets)
         buckets = tuple(bucket for _, _, bucket in chunks)
         waited = sum(self.curve.ms(b) for b in buckets)
-        time.sleep(waited / 1000.0)
+        with self.device.running() if self.device is not None else contextlib.nullcontext():
+            time.sleep(waited / 1000.0)
         self.last_call = SimulatedCall(buckets, waited)
         # Deterministic and distinct per robot: the normalised state, fading along the chunk.
         fade = np.linspace(1.0, 0.5, horizon, dtype=np.float32)[:, None]
@@ -107,8 +113,10 @@ def load_simulated_policy(
     checkpoint_dir: str | pathlib.Path,
     options: PolicyOptions,
     curve: CostCurve,
+    device: SimulatedDevice | None = None,
 ) -> SimulatedPolicy:
     """The transforms of ``config_name`` from ``checkpoint_dir`` (norm stats; its weights are never read)."""
     config = get_policy_config(config_name)
     norm_stats = checkpoint.load_norm_stats(checkpoint_dir, config.asset_id)
-    return SimulatedPolicy(config, norm_stats, tokenizer.load_sentencepiece(options.tokenizer_path), options, curve)
+    sp = tokenizer.load_sentencepiece(options.tokenizer_path)
+    return SimulatedPolicy(config, norm_stats, sp, options, curve, device)

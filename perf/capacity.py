@@ -48,11 +48,17 @@ TRANSPORTS = (*OURS, VIA_BLS, BASELINE)
 # The bridge's fleet gate lets a batch's requests go together; a short queue delay covers the time they take
 # to reach Triton, so the first does not leave alone (docs/performance.md#fleet-batching).
 FLEET_SCHEDULER = Scheduler(queue_delay_us=2_000)
-# Our robots go through the bridge's fleet gate in both phases (off in the bridge's default config).
+# Under the curve our robots go through the bridge's fleet gate (docs/performance.md#fleet-batching); on the
+# CPU the bridge runs as served, gate off: there a batch costs about its size, so holding requests while the
+# model runs only idles it.
 FLEET_GATE: dict[str, Any] = {"fleet_batching": {"enabled": True}}
 # Every batch size compiled: whatever size the batcher forms is computed as it is, never padded up to a bucket
 # (padding costs the rows it adds: on CPU nearly linearly, under the curve its price for the bucket).
 FLEET_BUCKETS = "1,2,3,4,5,6,7,8"
+# Two instances of the simulated model on its one simulated GPU (they take turns there,
+# openpi_triton.simulated_device): one runs openpi's transforms for the next batch while the other computes,
+# as two instances on one GPU do. The fleet gate counts the GPU once, so a fleet of one batch stays one batch.
+SIMULATED_INSTANCES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +71,7 @@ class CapacityOptions:
     tiny_num_steps: int = 10
     scheduler: Scheduler = FLEET_SCHEDULER
     batch_buckets: str = FLEET_BUCKETS
+    simulated_instances: int = SIMULATED_INSTANCES
 
 
 def _at(rows: Sequence[Mapping[str, Any]], transport: str, robots: int) -> Mapping[str, Any] | None:
@@ -123,10 +130,12 @@ def tiny_goals(rows: Sequence[Mapping[str, Any]]) -> list[Goal]:
 
 
 def curve_ceiling(
-    curve: cost_curve.CostCurve, rate_hz: float = 10.0, buckets: Sequence[int] = range(1, 9)
-) -> dict[str, float]:
-    """The most observations per second any server can get from one model instance under ``curve``, and the
-    most it can get with every call inside the control period (the missed-deadline goal's bound)."""
+    curve: cost_curve.CostCurve, rate_hz: float = 10.0, max_batch: int = 8, fleets: Sequence[int] = (8, 16)
+) -> dict[str, Any]:
+    """The most observations per second any server can get from one GPU under ``curve``: for each
+    fleet size (n robots make batches of at most n), at batch 1, and with every call inside the control period
+    (the missed-deadline goal's bound)."""
+    buckets = range(1, max_batch + 1)
     best = max(buckets, key=curve.throughput_hz)
     period_ms = 1000.0 / rate_hz
     in_time = [b for b in buckets if curve.ms(b) <= period_ms]
@@ -135,6 +144,7 @@ def curve_ceiling(
         "batch": best,
         "hz": round(curve.throughput_hz(best), 1),
         "batch1_hz": round(curve.throughput_hz(1), 1),
+        "hz_by_robots": {str(n): round(max(curve.throughput_hz(b) for b in buckets if b <= n), 1) for n in fleets},
         "deadline_batch": deadline_batch,
         "deadline_hz": round(curve.throughput_hz(deadline_batch), 1) if deadline_batch else 0.0,
     }
@@ -208,10 +218,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"{sim['model']}. Curve: {points} ({curve['description']}; source: {curve['source']}). "
         f"Both servers wait the curve's time for each call; our robots go through the bridge and Triton's "
-        f"dynamic batcher ({scheduler}; compiled batch sizes {report['batch_buckets']}) to `action`, `{VIA_BLS}` "
+        f"dynamic batcher ({scheduler}; compiled batch sizes {report['batch_buckets']}) to `action` "
+        f"({report.get('simulated_instances', 1)} instance(s) taking turns on one simulated GPU), `{VIA_BLS}` "
         "through the BLS too. The curve allows at most "
-        f"{ceiling['hz']} observations/s on one instance (batch {ceiling['batch']}), {ceiling['batch1_hz']} at "
-        "batch 1 (openpi-server's one call at a time)"
+        + (
+            ", ".join(f"{hz} observations/s at {n} robots" for n, hz in ceiling["hz_by_robots"].items())
+            if "hz_by_robots" in ceiling
+            else f"{ceiling['hz']} observations/s (batch {ceiling['batch']})"
+        )
+        + f" on one GPU, {ceiling['batch1_hz']} at batch 1 (openpi-server's one call at a time)"
         + (
             f"; with every call inside the {1000 / report['rate_hz']:.0f} ms period, at most batch "
             f"{ceiling['deadline_batch']}: {ceiling['deadline_hz']} observations/s for any server, against "
@@ -247,15 +262,18 @@ def run(options: CapacityOptions, results: pathlib.Path, command: str) -> dict[s
     print(f"[capacity] logs and per-phase fleet files in {work}", flush=True)
     timing = dict(rate_hz=options.rate_hz, duration_s=options.duration_s)
     fleet = FleetOptions(robots=options.simulated_robots, transports=(*OURS, BASELINE), **timing, **FLEET_GATE)
-    buckets = {"batch_buckets": options.batch_buckets}
-    scheduled = RepositoryVariant(parameters={**simulated_model.parameters(), **buckets}, scheduler=options.scheduler)
+    scheduled = RepositoryVariant(
+        instances=options.simulated_instances,
+        parameters={**simulated_model.parameters(), "batch_buckets": options.batch_buckets},
+        scheduler=options.scheduler,
+    )
     sim_rows, _ = run_fleet(fleet, simulated_model, work / "simulated", repository=scheduled)
     if 8 in options.simulated_robots:
         bls = FleetOptions(robots=(8,), transports=("websocket",), ensemble=True, **timing, **FLEET_GATE)
         bls_rows, _ = run_fleet(bls, simulated_model, work / "simulated-bls", repository=scheduled)
         sim_rows += [{**r, "transport": VIA_BLS} for r in bls_rows]
-    tiny = FleetOptions(robots=options.tiny_robots, transports=(*OURS, BASELINE), **timing, **FLEET_GATE)
-    tiny_variant = RepositoryVariant(parameters={**tiny_model.parameters(), **buckets})
+    tiny = FleetOptions(robots=options.tiny_robots, transports=(*OURS, BASELINE), **timing)
+    tiny_variant = RepositoryVariant(parameters={**tiny_model.parameters(), "batch_buckets": options.batch_buckets})
     tiny_rows, _ = run_fleet(tiny, tiny_model, work / "tiny", repository=tiny_variant)
     goals = simulated_goals(sim_rows, curve.name) + tiny_goals(tiny_rows)
     report: dict[str, Any] = {
@@ -263,8 +281,9 @@ def run(options: CapacityOptions, results: pathlib.Path, command: str) -> dict[s
         "rate_hz": options.rate_hz,
         "duration_s": options.duration_s,
         "cost_curve": curve.as_dict(),
-        "curve_ceiling": curve_ceiling(curve, options.rate_hz),
+        "curve_ceiling": curve_ceiling(curve, options.rate_hz, 8, [n for n in options.simulated_robots if n > 1]),
         "batch_buckets": options.batch_buckets,
+        "simulated_instances": options.simulated_instances,
         "simulated": {
             "model": simulated_model.describe(),
             "scheduler": f"{options.scheduler.label()}, fleet gate",
@@ -272,7 +291,7 @@ def run(options: CapacityOptions, results: pathlib.Path, command: str) -> dict[s
         },
         "tiny": {
             "model": tiny_model.describe(),
-            "scheduler": f"{Scheduler().label()}, fleet gate",
+            "scheduler": f"{Scheduler().label()}, fleet gate off",
             "rows": tiny_rows,
             "overhead_p50_ms": overhead_ms(tiny_rows),
         },

@@ -57,7 +57,7 @@ class FleetOptions:
     connect_timeout_s: float = 180.0
     # Our robots go through the BLS (``combined_ensemble``, mode ``action_only``) instead of straight to ``action``.
     ensemble: bool = False
-    # The bridge's ``triton.fleet_batching`` (None: its default, the gate on).
+    # The bridge's ``triton.fleet_batching`` (None: its default, the gate off).
     fleet_batching: Mapping[str, Any] | None = None
 
 

@@ -4,12 +4,15 @@ server, the cost curve itself, and the capacity report's goals."""
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import json
+import multiprocessing
 import pathlib
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +23,7 @@ from openpi_triton.native.policy import PolicyOptions
 from openpi_triton.native.tiny import EmbeddedDefault
 from openpi_triton.readiness import accepts_tcp, wait_until
 from openpi_triton.scheduler import Scheduler
+from openpi_triton.simulated_device import SimulatedDevice, lock_path
 from openpi_triton.simulated_policy import SimulatedPolicy, load_simulated_policy
 from openpi_triton.triton.launcher import TritonServer, free_ports
 from openpi_triton.triton.model_params import ActionParams, ParameterError
@@ -288,3 +292,63 @@ def test_docs_tables_are_copies_of_committed_results(tmp_path: pathlib.Path) -> 
     )
     with pytest.raises(ValueError, match="no table 3"):
         doc_tables.render(doc.replace("r.md 2", "r.md 3"), tmp_path)
+
+
+def _hold_device(path: str, seconds: float, together: Any, spans: Any) -> None:
+    """Process entry point: one simulated call on the device at ``path``, reporting when it held it."""
+    device = SimulatedDevice(pathlib.Path(path))
+    together.wait()  # every process asks for the device at the same moment
+    with device.running():
+        begin = time.monotonic()
+        time.sleep(seconds)
+        spans.put((begin, time.monotonic()))
+    device.close()
+
+
+def test_processes_on_one_simulated_device_take_turns(tmp_path: pathlib.Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    spans: Any = ctx.Queue()
+    together = ctx.Barrier(3)
+    lock = str(tmp_path / "gpu.lock")
+    workers = [ctx.Process(target=_hold_device, args=(lock, 0.2, together, spans)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        held = sorted(spans.get(timeout=120) for _ in workers)
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+    for (_, end), (begin, _) in itertools.pairwise(held):
+        assert begin >= end, held  # never two calls on the device at once
+
+
+def test_two_instances_of_one_server_share_its_simulated_gpu(
+    embedded_default: EmbeddedDefault, curve_file: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """Two instances, no batching: two robots at once run one after the other (as on one GPU), not together."""
+    parameters = {
+        "runtime": "simulated",
+        "cost_curve": str(curve_file),
+        "checkpoint_dir": str(embedded_default.checkpoint_dir),
+        "tokenizer_path": str(embedded_default.tokenizer_path),
+    }
+    variant = RepositoryVariant(batching=False, instances=2, parameters=parameters)
+    repo = build_repository(tmp_path / "repo", variant, ["action"])
+    robots = observations(get_policy_config("pi05_aloha").embodiment, 2, seed=5)
+    with serving(repo, ["action"], tmp_path / "triton.log") as server:
+        assert server.process is not None
+        assert lock_path(0, server.process.pid).exists()  # the device is the server's: its stubs' parent
+        host, _, port = server.grpc_url.rpartition(":")
+        clients = [GrpcPolicy(Endpoint(host, int(port))) for _ in robots]
+        try:
+            for client, obs in zip(clients, robots, strict=True):
+                client.infer(obs)  # both connections warm
+            started = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(len(robots)) as pool:
+                list(pool.map(lambda pair: pair[0].infer(pair[1]), zip(clients, robots, strict=True)))
+            both_s = time.perf_counter() - started
+        finally:
+            for client in clients:
+                client.close()
+    batch_1_s = TEST_CURVE["ms_per_call"]["1"] / 1000.0
+    assert both_s >= 2 * batch_1_s, both_s

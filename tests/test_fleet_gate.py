@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from openpi_bridge.fleet_gate import Admission, FleetGate, GateTimeoutError, Robot, serving_robot
+from openpi_bridge.triton_gateway import interface_from_config
 
 MAX_RETURN_S = 0.5
 LONG_S = 30.0
@@ -274,3 +275,18 @@ def test_wait_is_once_per_request_and_leaving_unadmitted_costs_nothing() -> None
         assert g.running == 0
 
     run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("groups", "devices"),
+    [
+        ([{"kind": "KIND_GPU", "count": 2, "gpus": [0]}], 1),  # two instances take turns on one GPU
+        ([{"kind": "KIND_GPU", "count": 1, "gpus": [0, 1]}], 2),
+        ([{"kind": "KIND_GPU", "count": 2, "gpus": [0]}, {"kind": "KIND_GPU", "count": 1, "gpus": [1]}], 2),
+        ([{"kind": "KIND_GPU", "count": 3}], 3),  # GPUs not listed: each instance counts
+        ([{"kind": "KIND_CPU", "count": 2}], 1),  # the host once
+        ([], 1),
+    ],
+)
+def test_the_gate_runs_one_batch_per_device_of_the_model(groups: list[dict[str, Any]], devices: int) -> None:
+    assert interface_from_config("action", {"instance_group": groups}).devices == devices

@@ -22,6 +22,7 @@ def _check_parameters(params: Mapping[str, str]) -> None:
 
 def _load(params: ActionParams, placement: Placement) -> PolicyRuntime:
     from openpi_triton.native.policy import PolicyOptions
+    from openpi_triton.simulated_device import SimulatedDevice
     from openpi_triton.simulated_policy import load_simulated_policy
     from openpi_triton.triton import backend
 
@@ -30,7 +31,9 @@ def _load(params: ActionParams, placement: Placement) -> PolicyRuntime:
         batch_buckets=params.batch_buckets, default_prompt=params.default_prompt, tokenizer_path=tokenizer_path
     )
     curve = cost_curve.load(params.cost_curve or cost_curve.DEFAULT_CURVE)
-    return load_simulated_policy(NATIVE.serving_config(params).name, checkpoint_dir, options, curve)
+    # The instances of one server on one device take turns, as batches on one GPU do.
+    device = SimulatedDevice.of_server(placement.device_id)
+    return load_simulated_policy(NATIVE.serving_config(params).name, checkpoint_dir, options, curve, device)
 
 
 RUNTIME = RuntimeSpec(
