@@ -2,7 +2,7 @@
 
 A docs block
 
-    <!-- table: perf/results/capacity-20261201/capacity.md 2 -->
+    <!-- table: perf/results/capacity-20261202/capacity.md 2 -->
     ...
     <!-- end table -->
 
