@@ -152,7 +152,7 @@ pub async fn run(args: ClientArgs, parent: ParentWatch) -> Result<()> {
     let socket = std::net::UdpSocket::bind(bind).with_context(|| format!("cannot bind UDP {bind}"))?;
     quic::size_udp_buffers(&socket, args.link.udp_buffer_bytes)?;
     let runtime = quinn::default_runtime().context("no async runtime")?;
-    let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)?;
+    let mut endpoint = quinn::Endpoint::new(quic::endpoint_config(&args.link)?, None, socket, runtime)?;
     endpoint.set_default_client_config(quic::client_config(&args.link)?);
     let mut upstream = Upstream {
         endpoint,

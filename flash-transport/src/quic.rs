@@ -42,6 +42,26 @@ pub struct LinkOptions {
     /// `wmem_max`); 0 keeps the kernel's default. See [`UDP_BUFFER_BYTES`].
     #[arg(long, env = "OPENPI_QUIC_UDP_BUFFER_BYTES", default_value_t = UDP_BUFFER_BYTES)]
     pub udp_buffer_bytes: usize,
+    /// Largest UDP payload this end sends or accepts once the path has shown it carries it (QUIC's path MTU
+    /// discovery, starting from 1200 bytes). 1200 keeps openpi-flash's fixed 1200-byte packets. See
+    /// [`MAX_UDP_PAYLOAD_BYTES`].
+    #[arg(long, env = "OPENPI_QUIC_MAX_UDP_PAYLOAD_BYTES", default_value_t = MAX_UDP_PAYLOAD_BYTES,
+          value_parser = clap::value_parser!(u16).range(1200..))]
+    pub max_udp_payload_bytes: u16,
+}
+
+/// Default upper bound of path MTU discovery. An observation of ~600 KB is ~500 packets of 1200 bytes, each
+/// encrypted, sent and received on its own: most of the sidecars' CPU per request. Where the path carries
+/// larger packets (loopback, a jumbo-frame LAN) discovery raises them up to this bound; over a 1500-byte
+/// Ethernet it settles at about 1450. A peer that advertises less (openpi-flash's own ends: 1472) is never
+/// sent more, and one that does not probe (openpi-flash: discovery off) keeps sending 1200-byte packets.
+pub const MAX_UDP_PAYLOAD_BYTES: u16 = 65_000;
+
+/// The endpoint settings of either end: the largest UDP payload it accepts.
+pub fn endpoint_config(options: &LinkOptions) -> Result<quinn::EndpointConfig> {
+    let mut config = quinn::EndpointConfig::default();
+    config.max_udp_payload_size(options.max_udp_payload_bytes).context("max UDP payload")?;
+    Ok(config)
 }
 
 /// The opt-in shared secret of a QUIC link. openpi-flash's server ignores the handshake body, so a client
@@ -95,7 +115,13 @@ pub fn transport_config(options: &LinkOptions) -> Result<TransportConfig> {
     config.datagram_receive_buffer_size(Some(5_000_000));
     config.datagram_send_buffer_size(5_000_000);
     config.min_mtu(1200);
-    config.mtu_discovery_config(None);
+    if options.max_udp_payload_bytes > 1200 {
+        let mut discovery = quinn::MtuDiscoveryConfig::default();
+        discovery.upper_bound(options.max_udp_payload_bytes);
+        config.mtu_discovery_config(Some(discovery));
+    } else {
+        config.mtu_discovery_config(None);
+    }
     let mut cubic = CubicConfig::default();
     cubic.initial_window(options.initial_window_bytes);
     config.congestion_controller_factory(Arc::new(cubic));

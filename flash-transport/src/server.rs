@@ -77,7 +77,7 @@ pub async fn run(args: ServerArgs, parent: ParentWatch) -> Result<()> {
     quic::install_crypto_provider();
     let socket = bind_udp(args.listen_port, args.link.udp_buffer_bytes)?;
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        quic::endpoint_config(&args.link)?,
         Some(quic::server_config(&args.link)?),
         socket,
         quinn::default_runtime().context("no async runtime")?,

@@ -21,6 +21,7 @@ const LINK: LinkOptions = LinkOptions {
     initial_window_bytes: 1_048_576,
     max_message_bytes: 64 << 20,
     udp_buffer_bytes: quic::UDP_BUFFER_BYTES,
+    max_udp_payload_bytes: quic::MAX_UDP_PAYLOAD_BYTES,
 };
 
 /// A LocalFrame backend: METADATA -> `{}` (msgpack), INFER -> the same body, RESET -> ack.
