@@ -17,6 +17,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.flash_client import FlashTransportPolicy
 from openpi_triton.native.tiny import EmbeddedDefault
+from openpi_triton.readiness import http_status
 from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 from openpi_triton.triton.watchdog import StubWatchdog, WatchdogOptions
@@ -107,7 +108,12 @@ def test_a_crashing_stub_fails_only_the_request_it_was_running(
         except RuntimeError as exc:
             assert time.monotonic() - asked < 60
             outcomes.append(str(exc).splitlines()[-1])
-            time.sleep(1.0)
+            # The next attempt once the watchdog has reloaded the model and the bridge says it serves it.
+            wait_until(
+                lambda: watchdog.reloads and http_status(bridge.action_port, "/healthz") == 200,
+                max(0.0, deadline - time.monotonic()),
+                "the reloaded model serves",
+            )
         finally:
             robot._ws.close()
     assert outcomes[-1:] == ["ok"], outcomes

@@ -6,6 +6,7 @@ openpi_triton.stack`` for real and kill its parts with SIGKILL while robots are 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import mmap
@@ -432,10 +433,18 @@ def connect_quic(port: int) -> FlashTransportPolicy:
     return FlashTransportPolicy("127.0.0.1", port=port, local_port=0)
 
 
+def wait_until_serving(port: int, deadline: float) -> None:
+    """Until the bridge's /healthz on ``port`` answers 200 (Triton and the slot's model ready), at most until
+    ``deadline``; the caller's next attempt judges the outcome."""
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: healthy(port), max(0.0, deadline - time.monotonic()), "the stack serves again")
+
+
 class WebSocketRobot:
     """A well-behaved robot: when a call fails it reconnects and asks again (openpi-client 0.1.2 does not)."""
 
     def __init__(self, port: int) -> None:
+        # Between attempts it waits for the bridge's /healthz on this port (Triton and the model ready).
         self.port = port
         self.policy: WebsocketClientPolicy | None = WebsocketClientPolicy(host="127.0.0.1", port=port)
         self.failures: list[str] = []
@@ -452,7 +461,7 @@ class WebSocketRobot:
                 self.close()
                 if time.monotonic() > deadline:
                     raise AssertionError(f"no answer within {timeout:.0f} s: {self.failures[-5:]}") from exc
-                time.sleep(0.5)
+                wait_until_serving(self.port, deadline)
 
     def close(self) -> None:
         if self.policy is not None:
@@ -460,8 +469,9 @@ class WebSocketRobot:
             self.policy = None
 
 
-def quic_infer_until_answered(robot: FlashTransportPolicy, timeout: float) -> tuple[dict, list[str]]:
-    """Our QUIC client keeps its object across faults: each failed call reconnects for the next one."""
+def quic_infer_until_answered(robot: FlashTransportPolicy, timeout: float, health_port: int) -> tuple[dict, list[str]]:
+    """Our QUIC client keeps its object across faults: each failed call reconnects for the next one, once the
+    bridge's /healthz on ``health_port`` says the stack serves."""
     deadline = time.monotonic() + timeout
     failures = []
     while True:
@@ -471,7 +481,7 @@ def quic_infer_until_answered(robot: FlashTransportPolicy, timeout: float) -> tu
             failures.append(str(exc).splitlines()[0])
             if time.monotonic() > deadline:
                 raise AssertionError(f"no QUIC answer within {timeout:.0f} s: {failures[-5:]}") from exc
-            time.sleep(0.5)
+            wait_until_serving(health_port, deadline)
 
 
 def test_a_killed_tritonserver_is_restarted_and_robots_recover(stack: RunningStack) -> None:
@@ -480,7 +490,10 @@ def test_a_killed_tritonserver_is_restarted_and_robots_recover(stack: RunningSta
     try:
         expected = ws_robot.infer_until_answered(timeout=60, obs={**OBS, "noise": NOISE})
         assert expected["actions"].shape == (50, 14) and "subtask" in expected
-        assert quic_infer_until_answered(quic_robot, timeout=60)[0]["actions"].shape == (50, 14)
+        assert quic_infer_until_answered(quic_robot, timeout=60, health_port=stack.action_port)[0]["actions"].shape == (
+            50,
+            14,
+        )
         old_triton, bridges, sidecars = stack.triton_pid(), stack.bridge_pids(), stack.sidecar_pids()
         assert old_triton is not None and bridges and sidecars
         old_regions = stub_regions(old_triton)
@@ -493,7 +506,7 @@ def test_a_killed_tritonserver_is_restarted_and_robots_recover(stack: RunningSta
         print(f"WebSocket robot answered again {recovered_s:.0f} s after the kill ({len(ws_robot.failures)} failures)")
         assert answer["subtask"]["text"] == expected["subtask"]["text"], "the restarted server answers as before"
         np.testing.assert_allclose(answer["actions"], expected["actions"], atol=1e-5)
-        via_quic, quic_failures = quic_infer_until_answered(quic_robot, timeout=60)
+        via_quic, quic_failures = quic_infer_until_answered(quic_robot, timeout=60, health_port=stack.action_port)
         assert via_quic["actions"].shape == (50, 14), quic_failures
 
         assert stack.process.poll() is None, stack.tail()
@@ -514,7 +527,10 @@ def test_a_killed_bridge_is_restarted_and_robots_recover(stack: RunningStack) ->
     quic_robot = connect_quic(stack.quic_port)
     try:
         assert ws_robot.infer_until_answered(timeout=60)["actions"].shape == (50, 14)
-        assert quic_infer_until_answered(quic_robot, timeout=60)[0]["actions"].shape == (50, 14)
+        assert quic_infer_until_answered(quic_robot, timeout=60, health_port=stack.action_port)[0]["actions"].shape == (
+            50,
+            14,
+        )
         (bridge,) = stack.bridge_pids()
         triton, sidecars = stack.triton_pid(), stack.sidecar_pids()
 
@@ -522,7 +538,10 @@ def test_a_killed_bridge_is_restarted_and_robots_recover(stack: RunningStack) ->
         killed = time.monotonic()
         assert ws_robot.infer_until_answered(timeout=60)["actions"].shape == (50, 14)
         print(f"WebSocket robot answered again {time.monotonic() - killed:.1f} s after the bridge was killed")
-        assert quic_infer_until_answered(quic_robot, timeout=60)[0]["actions"].shape == (50, 14)
+        assert quic_infer_until_answered(quic_robot, timeout=60, health_port=stack.action_port)[0]["actions"].shape == (
+            50,
+            14,
+        )
         assert stack.bridge_pids() not in ([], [bridge])
         assert stack.triton_pid() == triton and stack.sidecar_pids() == sidecars, "only the bridge restarts"
     finally:
