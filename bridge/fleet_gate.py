@@ -16,7 +16,7 @@ fleet in one batch. The next batch leaves when
   instance of the same GPU, its transforms run while the first batch computes);
 
 and a partial batch only while fewer batches run than the model has devices (GPUs, on every Triton server). A
-request that finds an instance free and nobody expected back leaves at once: a lone robot never waits here.
+request that finds a device free and nobody expected back leaves at once: a lone robot never waits here.
 """
 
 from __future__ import annotations

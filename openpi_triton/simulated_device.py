@@ -31,10 +31,9 @@ class SimulatedDevice:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     @classmethod
-    def of_server(cls, device_id: int, server_pid: int | None = None) -> SimulatedDevice:
-        """The device ``device_id`` of the Triton server ``server_pid`` (default: this process's parent, the
-        server that started this backend stub)."""
-        return cls(lock_path(device_id, os.getppid() if server_pid is None else server_pid))
+    def of_server(cls, device_id: int) -> SimulatedDevice:
+        """The device ``device_id`` of the Triton server that started this backend stub (its parent)."""
+        return cls(lock_path(device_id, os.getppid()))
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:

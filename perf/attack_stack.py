@@ -26,7 +26,7 @@ import time
 
 from openpi_triton.readiness import http_status, wait_until
 from openpi_triton.triton.launcher import free_ports
-from perf.soak import _cmdline, _proc_children, rss_bytes
+from perf.soak import _cmdline, _proc_children, open_fds, rss_bytes
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -155,13 +155,6 @@ def wait_ready(stack: Stack, timeout_s: float) -> float:
 # ------------------------------------------------------------------------------------------------ processes
 
 
-def _fd_count(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
-
-
 @dataclasses.dataclass
 class StackProcesses:
     """The stack's processes by part: bridge, triton (server + Python stubs), quic (every server sidecar)."""
@@ -218,7 +211,7 @@ class Usage:
 def usage(processes: StackProcesses) -> Usage:
     return Usage(
         {part: rss_bytes(pids) for part, pids in processes.parts.items()},
-        {part: sum(_fd_count(p) for p in pids) for part, pids in processes.parts.items()},
+        {part: open_fds(pids) for part, pids in processes.parts.items()},
     )
 
 
