@@ -419,9 +419,11 @@ def guarded_auto_complete(model_class: type, config: Any, inherits: Sequence[str
 
 def record_load(args: dict[str, str], inherits: Sequence[str], initialize: Callable[[], None]) -> None:
     """Runs a model's ``initialize``; its failure is recorded (see ``openpi_triton.load_status``), a success
-    clears the record."""
+    clears the record. The stub is tied to its server first (``openpi_triton.triton.server_watch``)."""
     from openpi_triton import load_status
+    from openpi_triton.triton import server_watch
 
+    server_watch.exit_with_server()
     model_dir = pathlib.Path(args["model_repository"])
     current = _load_fingerprint(model_dir, model_parameters(args), inherits)
     try:

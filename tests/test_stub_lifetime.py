@@ -1,0 +1,85 @@
+"""A Triton server SIGKILLed (and not reaped) while its Python-backend stub is inside a call: the stub goes
+with it (our ``server_watch`` thread) instead of taking the zombie for a live server and waiting forever."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pathlib
+import signal
+import threading
+
+from openpi_triton.domain.configs import get_policy_config
+from openpi_triton.native.tiny import EmbeddedDefault
+from openpi_triton.readiness import wait_until
+from openpi_triton.simulated_device import lock_path
+from openpi_triton.triton.server_watch import POLL_INTERVAL_S
+from perf.attack_stack import pid_alive
+from perf.input_data import observations
+from perf.repository import RepositoryVariant, build_repository, serving
+from perf.robots import Endpoint, GrpcPolicy
+from perf.soak import process_tree
+
+# Long enough to kill the server inside the call (warm-up makes one call too).
+CALL_MS = 5_000
+
+
+def _device_busy(path: pathlib.Path) -> bool:
+    """True while a simulated call holds the device (the stub is inside ``execute``)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_a_stub_inside_a_call_exits_when_its_server_is_killed(
+    embedded_default: EmbeddedDefault, tmp_path: pathlib.Path
+) -> None:
+    curve = tmp_path / "slow.json"
+    curve.write_text(json.dumps({"name": "slow", "description": "t", "source": "t", "ms_per_call": {"1": CALL_MS}}))
+    parameters = {
+        "runtime": "simulated",
+        "cost_curve": str(curve),
+        "checkpoint_dir": str(embedded_default.checkpoint_dir),
+        "tokenizer_path": str(embedded_default.tokenizer_path),
+        "batch_buckets": "1",
+    }
+    repo = build_repository(tmp_path / "repo", RepositoryVariant(parameters=parameters), ["action"])
+    robot = observations(get_policy_config("pi05_aloha").embodiment, 1, seed=3)[0]
+    with serving(repo, ["action"], tmp_path / "triton.log") as server:
+        assert server.process is not None
+        server_pid = server.process.pid
+        stubs = process_tree(server_pid)[1:]
+        assert stubs, "the action model's stub is a child of tritonserver"
+        host, _, port = server.grpc_url.rpartition(":")
+        client = GrpcPolicy(Endpoint(host, int(port)))
+        answers: list[BaseException | object] = []
+
+        def call() -> None:
+            try:
+                answers.append(client.infer(robot))
+            except Exception as exc:  # the server dies under it
+                answers.append(exc)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        device = lock_path(0, server_pid)
+        wait_until(lambda: _device_busy(device), 60, "the stub inside its simulated call")
+        # Not reaped yet, as when the stack that started it was SIGKILLed too and the container's init does not
+        # reap: the server's zombie still passes the stub's own check (kill(pid, 0)), but it is no parent.
+        os.kill(server_pid, signal.SIGKILL)
+        left = wait_until(
+            lambda: not any(pid_alive(p) for p in stubs) or None,
+            2 * CALL_MS / 1000 + 40 * POLL_INTERVAL_S,
+            f"stubs {stubs} to exit after their server was killed",
+        )
+        assert left
+        server.process.wait(timeout=30)
+        caller.join(timeout=30)
+        assert answers and isinstance(answers[0], Exception), answers
+        client.close()
