@@ -45,7 +45,7 @@ def test_environment_overrides_one_field(monkeypatch: pytest.MonkeyPatch, tmp_pa
 def test_the_fleet_gate_is_off_by_default_and_one_variable_turns_it_on(monkeypatch: pytest.MonkeyPatch) -> None:
     assert BridgeConfig().triton.fleet_batching.max_return_s is None
     monkeypatch.setenv("OPENPI_TRITON__FLEET_BATCHING__ENABLED", "true")
-    assert BridgeConfig().triton.fleet_batching.max_return_s == 0.025
+    assert BridgeConfig().triton.fleet_batching.max_return_s == 0.05
 
 
 @pytest.mark.parametrize(
