@@ -490,10 +490,8 @@ def test_a_killed_tritonserver_is_restarted_and_robots_recover(stack: RunningSta
     try:
         expected = ws_robot.infer_until_answered(timeout=60, obs={**OBS, "noise": NOISE})
         assert expected["actions"].shape == (50, 14) and "subtask" in expected
-        assert quic_infer_until_answered(quic_robot, timeout=60, health_port=stack.action_port)[0]["actions"].shape == (
-            50,
-            14,
-        )
+        via_quic, _ = quic_infer_until_answered(quic_robot, timeout=60, health_port=stack.action_port)
+        assert via_quic["actions"].shape == (50, 14)
         old_triton, bridges, sidecars = stack.triton_pid(), stack.bridge_pids(), stack.sidecar_pids()
         assert old_triton is not None and bridges and sidecars
         old_regions = stub_regions(old_triton)
@@ -527,10 +525,8 @@ def test_a_killed_bridge_is_restarted_and_robots_recover(stack: RunningStack) ->
     quic_robot = connect_quic(stack.quic_port)
     try:
         assert ws_robot.infer_until_answered(timeout=60)["actions"].shape == (50, 14)
-        assert quic_infer_until_answered(quic_robot, timeout=60, health_port=stack.action_port)[0]["actions"].shape == (
-            50,
-            14,
-        )
+        via_quic, _ = quic_infer_until_answered(quic_robot, timeout=60, health_port=stack.action_port)
+        assert via_quic["actions"].shape == (50, 14)
         (bridge,) = stack.bridge_pids()
         triton, sidecars = stack.triton_pid(), stack.sidecar_pids()
 
@@ -538,10 +534,8 @@ def test_a_killed_bridge_is_restarted_and_robots_recover(stack: RunningStack) ->
         killed = time.monotonic()
         assert ws_robot.infer_until_answered(timeout=60)["actions"].shape == (50, 14)
         print(f"WebSocket robot answered again {time.monotonic() - killed:.1f} s after the bridge was killed")
-        assert quic_infer_until_answered(quic_robot, timeout=60, health_port=stack.action_port)[0]["actions"].shape == (
-            50,
-            14,
-        )
+        via_quic, _ = quic_infer_until_answered(quic_robot, timeout=60, health_port=stack.action_port)
+        assert via_quic["actions"].shape == (50, 14)
         assert stack.bridge_pids() not in ([], [bridge])
         assert stack.triton_pid() == triton and stack.sidecar_pids() == sidecars, "only the bridge restarts"
     finally:

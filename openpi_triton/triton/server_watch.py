@@ -11,6 +11,7 @@ to, and the kernel frees what the process held.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -19,18 +20,11 @@ import time
 # A dead server's stubs are gone within this much.
 POLL_INTERVAL_S = 0.25
 
-_started = threading.Lock()
-_watched: list[int] = []
 
-
+@functools.cache  # once per process: a stub's initialize runs on one thread
 def exit_with_server() -> None:
-    """Start the watch on this stub's server (its parent now); once per process, later calls do nothing."""
-    with _started:
-        if _watched:
-            return
-        server = os.getppid()
-        _watched.append(server)
-    threading.Thread(target=_watch, args=(server,), name="openpi-server-watch", daemon=True).start()
+    """Start the watch on this stub's server (its parent now); later calls do nothing."""
+    threading.Thread(target=_watch, args=(os.getppid(),), name="openpi-server-watch", daemon=True).start()
 
 
 def _watch(server: int) -> None:
