@@ -657,7 +657,8 @@ def kill_stack(ctx: Context) -> Observation:
     once (PDEATHSIG); its Python-backend stubs see their parent change within a quarter second and exit
     (``openpi_triton.triton.server_watch``), even while the dead server waits unreaped: 10 s to be gone."""
     processes = find_processes(ctx.stack.process.pid)
-    named = {pid: part for part, pids in processes.parts.items() for pid in pids}
+    part_of = {pid: part for part, pids in processes.parts.items() for pid in pids}
+    named = {pid: _process_label(pid, part_of.get(pid, "other")) for pid in processes.all_pids}
     os.kill(ctx.stack.process.pid, signal.SIGKILL)
     ctx.stack.process.wait(timeout=10)
     deadline = time.monotonic() + KILLED_STACK_GONE_S
@@ -666,10 +667,20 @@ def kill_stack(ctx: Context) -> Observation:
     left = [p for p in processes.all_pids if pid_alive(p)]
     if not left:
         return Observation(f"all {len(processes.all_pids)} processes gone", True)
-    parts = sorted({named.get(p, "other") for p in left})
+    labels = [named[p] for p in left]
     return Observation(
-        f"{len(left)} left running after {KILLED_STACK_GONE_S:g}s: {', '.join(parts)}", False, {"left": left}
+        f"{len(left)} left running after {KILLED_STACK_GONE_S:g}s: {', '.join(labels)}", False, {"left": labels}
     )
+
+
+def _process_label(pid: int, part: str) -> str:
+    """``triton: stub of action`` (a Python-backend stub names its model's ``model.py``), ``triton:
+    tritonserver``, ``bridge: python``: what a leftover process was, read before the kill (a zombie's command line
+    is gone)."""
+    argv = _cmdline(pid)
+    model = next((pathlib.Path(a).parents[1].name for a in argv if a.endswith("/model.py")), None)
+    what = f"stub of {model}" if model else (pathlib.Path(argv[0]).name if argv and argv[0] else "?")
+    return f"{part}: {what} (pid {pid})"
 
 
 # ----------------------------------------------------------------------------------------------------- catalog

@@ -1,5 +1,7 @@
-"""A Triton server SIGKILLed (and not reaped) while its Python-backend stub is inside a call: the stub goes
-with it (our ``server_watch`` thread) instead of taking the zombie for a live server and waiting forever."""
+"""A Triton server SIGKILLed (and not reaped) while a robot's call is inside its Python-backend stubs: every
+stub goes with it (our ``server_watch`` thread) instead of taking the zombie for a live server and waiting
+forever: the action model's (inside the model call), the BLS's (waiting on its child request) and the
+planner's (idle)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from openpi_triton.simulated_device import lock_path
 from openpi_triton.triton.server_watch import POLL_INTERVAL_S
 from perf.attack_stack import pid_alive
 from perf.input_data import observations
-from perf.repository import RepositoryVariant, build_repository, serving
+from perf.repository import RepositoryVariant, build_repository, models_needed, serving
 from perf.robots import Endpoint, GrpcPolicy
 from perf.soak import process_tree
 
@@ -37,7 +39,7 @@ def _device_busy(path: pathlib.Path) -> bool:
     return False
 
 
-def test_a_stub_inside_a_call_exits_when_its_server_is_killed(
+def test_every_stub_exits_when_its_server_is_killed_mid_call(
     embedded_default: EmbeddedDefault, tmp_path: pathlib.Path
 ) -> None:
     curve = tmp_path / "slow.json"
@@ -49,15 +51,16 @@ def test_a_stub_inside_a_call_exits_when_its_server_is_killed(
         "tokenizer_path": str(embedded_default.tokenizer_path),
         "batch_buckets": "1",
     }
-    repo = build_repository(tmp_path / "repo", RepositoryVariant(parameters=parameters), ["action"])
-    robot = observations(get_policy_config("pi05_aloha").embodiment, 1, seed=3)[0]
-    with serving(repo, ["action"], tmp_path / "triton.log") as server:
+    models = models_needed(["combined_ensemble"])
+    repo = build_repository(tmp_path / "repo", RepositoryVariant(parameters=parameters, bls_instances=1), models)
+    robot = {**observations(get_policy_config("pi05_aloha").embodiment, 1, seed=3)[0], "mode": "action_only"}
+    with serving(repo, models, tmp_path / "triton.log") as server:
         assert server.process is not None
         server_pid = server.process.pid
         stubs = process_tree(server_pid)[1:]
-        assert stubs, "the action model's stub is a child of tritonserver"
+        assert len(stubs) >= len(models), f"one stub per model ({models}) below tritonserver, found {stubs}"
         host, _, port = server.grpc_url.rpartition(":")
-        client = GrpcPolicy(Endpoint(host, int(port)))
+        client = GrpcPolicy(Endpoint(host, int(port), "combined_ensemble"))
         answers: list[BaseException | object] = []
 
         def call() -> None:

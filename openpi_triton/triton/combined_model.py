@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from openpi_triton.triton import backend, inherit, io_spec, rtc_inputs, served_config
+from openpi_triton.triton import backend, inherit, io_spec, rtc_inputs, served_config, server_watch
 from openpi_triton.triton.model_params import CombinedParams
 
 PLANNER_OUTPUTS = [io_spec.SUBTASK, io_spec.SUBTASK_MS, io_spec.ACTION_PROMPT]
@@ -67,6 +67,8 @@ class CombinedModel:
         )
 
     def initialize(self, args: dict[str, str]) -> None:
+        # The BLS loads no runtime (no record_load), but its stub must not outlive the server either.
+        server_watch.exit_with_server()
         raw = backend.resolved_parameters(args, inherit.ENSEMBLE_INHERITS)
         self.params = backend.parse_parameters(CombinedParams.parse, args)
         self.config = served_config.interface_config(raw)
