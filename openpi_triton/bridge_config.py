@@ -106,8 +106,8 @@ class FleetBatching(_Strict):
     batch's answers travel. Off: Triton's dynamic batcher alone."""
 
     enabled: bool = False
-    # 50, not 25: on the 2-core capacity host the last of 8 robots over QUIC came back more than 25 ms after
-    # its answer, was taken for a pacer, and the fleet split into two batches.
+    # Room for a loaded host: a robot behind a QUIC client sidecar can take tens of ms to come back, and one
+    # taken for a pacer splits the fleet into two batches.
     max_return_ms: float = Field(default=50.0, ge=0, le=1000)
 
     @property
