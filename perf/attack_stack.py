@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 
+from openpi_triton.processes import spawn
 from openpi_triton.readiness import http_status, wait_until
 from openpi_triton.triton.launcher import free_ports
 from perf.soak import _cmdline, _proc_children, open_fds, rss_bytes
@@ -121,7 +122,8 @@ def start_stack(results: pathlib.Path) -> Stack:
         "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics), "--ready-file", str(workdir / "ready"),
     ]  # fmt: skip
     with open(log, "ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        # Tied to this run: a run killed from outside (a test's timeout) takes its stack along.
+        process = spawn(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
     return Stack(process, ports, workdir, log, api_key, token, config)
 
 

@@ -163,7 +163,8 @@ def run_witness(
     out.put(Ready(spec.name))
     period = 1.0 / spec.rate_hz
     next_start = time.monotonic()
-    while not stop.is_set():
+    attack_run = os.getppid()
+    while not stop.is_set() and os.getppid() == attack_run:  # a killed run's witnesses stop too
         record = witness.timed_call()
         out.put(record)
         if record.outcome == "error":

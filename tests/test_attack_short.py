@@ -11,6 +11,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from openpi_triton.native.tiny import EmbeddedDefault
 from perf import decode_cost
 from perf.attack import Options, Quiet, select, witness_stats
@@ -70,16 +72,23 @@ def test_decode_cost_measures_the_frame_a_benign_decode_copies() -> None:
 
 def test_short_attack_run_passes(embedded_default: EmbeddedDefault, tmp_path: pathlib.Path) -> None:
     env_home = str(embedded_default.root.parent)
-    done = subprocess.run(
-        [sys.executable, "-m", "perf.attack", "--short", "--results", str(tmp_path)],
-        cwd=REPO_ROOT,
-        env={**os.environ, "OPENPI_TRITON_HOME": env_home},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "perf.attack", "--short", "--results", str(tmp_path)],
+            cwd=REPO_ROOT,
+            env={**os.environ, "OPENPI_TRITON_HOME": env_home},
+            capture_output=True,
+            text=True,
+            timeout=1200,  # over the run's own 900 s for the stack to get ready
+        )
+    except subprocess.TimeoutExpired as timeout:  # the run's stack and witnesses die with it
+        pytest.fail(f"perf.attack --short ran past {timeout.timeout} s:\n{_text(timeout.stdout)[-6000:]}")
     report = json.loads((tmp_path / "attack.json").read_text())
     failed = [f"{a['name']}: {a['failures']}" for a in report["attacks"] if a["verdict"] == "FAIL"]
     assert done.returncode == 0, "\n".join(failed) + "\n" + done.stdout[-6000:] + done.stderr[-3000:]
     names = {a["name"] for a in report["attacks"]}
     assert {"decode-cost", "ws-msgpack-empty-arrays-8M", "admin-without-key"} <= names
+
+
+def _text(output: bytes | str | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""

@@ -202,8 +202,9 @@ def test_paired_calls_alternate_between_the_bridge_and_openpi_server(
     batch_1_ms = TEST_CURVE["ms_per_call"]["1"]
     assert measured.pairs == 6
     assert measured.ours_p50_ms >= batch_1_ms and measured.baseline_p50_ms >= batch_1_ms
-    low, high = sorted((measured.ours_first_p50_ms, measured.baseline_first_p50_ms))
-    assert low <= measured.overhead_p50_ms <= high
+    # Both wait the same curve: what the bridge and Triton add is far below one model call (a second call, or
+    # pairs that do not line up, would show as a whole call's difference).
+    assert abs(measured.overhead_p50_ms) < batch_1_ms / 2, measured
 
 
 def test_an_observation_older_than_the_deadline_is_answered_stale(

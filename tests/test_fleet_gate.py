@@ -128,7 +128,9 @@ def test_an_expected_robot_that_does_not_come_back_is_waited_for_a_bounded_time(
         answered_at = loop.time()
         await waiting.wait_left()
         waited = loop.time() - answered_at
-        assert MAX_RETURN_S * 0.9 <= waited <= MAX_RETURN_S + 1.0, f"waited {waited:.3f} s, the bound is max_return_s"
+        # From our read of the answer, which a busy host may delay past the gate's own: the lower bound only shows it
+        # waited rather than releasing at once.
+        assert MAX_RETURN_S * 0.5 <= waited <= MAX_RETURN_S + 1.0, f"waited {waited:.3f} s, the bound is max_return_s"
         assert g.expected == 0
 
     run(scenario)
