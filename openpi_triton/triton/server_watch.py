@@ -30,10 +30,13 @@ def exit_with_server() -> None:
 def _watch(server: int) -> None:
     while os.getppid() == server:
         time.sleep(POLL_INTERVAL_S)
-    # Triton's log went with the server: stderr is what is left (the supervisor's log, or the terminal).
-    print(
-        f"[openpi-triton] Triton server (pid {server}) is gone: backend stub {os.getpid()} exits now",
-        file=sys.stderr,
-        flush=True,
-    )
-    os._exit(1)
+    try:
+        # Triton's log went with the server: stderr is what is left, often a pipe whose reader (the stack that
+        # started Triton) died too; a write that fails must not keep the stub alive.
+        print(
+            f"[openpi-triton] Triton server (pid {server}) is gone: backend stub {os.getpid()} exits now",
+            file=sys.stderr,
+            flush=True,
+        )
+    finally:
+        os._exit(1)
