@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.triton.launcher import TritonServer
 from tests.conftest import BridgeProcess, start_bridge_process, stop_bridge_process
-from tests.triton_helpers import wait_until
+from tests.triton_helpers import batch_counts, counted_since, wait_until
 
 
 def aloha_obs(seed: int, prompt: str = "fold the towel", **extra: object) -> dict:
@@ -129,7 +129,7 @@ def test_sixteen_concurrent_robots_get_their_own_answers(bridge: BridgeProcess, 
     for s in seeds:
         expected[s] = solo.infer(aloha_obs(s, noise=noise(s), mode="action_only"))["actions"]
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
-    before = client.get_inference_statistics("action", as_json=True)["model_stats"][0]
+    before = batch_counts(client, "action")
 
     def run(seed: int) -> list[np.ndarray]:
         own = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
@@ -137,12 +137,10 @@ def test_sixteen_concurrent_robots_get_their_own_answers(bridge: BridgeProcess, 
 
     with concurrent.futures.ThreadPoolExecutor(len(seeds)) as pool:
         results = dict(zip(seeds, pool.map(run, seeds), strict=True))
-    after = client.get_inference_statistics("action", as_json=True)["model_stats"][0]
     for seed in seeds:
         for actions in results[seed]:
             assert np.abs(actions - expected[seed]).max() < 1e-4, seed
-    inferences = int(after["inference_count"]) - int(before.get("inference_count", 0))
-    executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
+    inferences, executions = counted_since(client, "action", before, 48)
     assert inferences == 48 and executions < inferences
 
 

@@ -19,7 +19,7 @@ from openpi_triton.flash_client import FlashTransportPolicy, find_binary
 from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import TritonServer
 from tests.conftest import BridgeProcess
-from tests.triton_helpers import free_udp_port, wait_udp_bound, wait_until
+from tests.triton_helpers import batch_counts, counted_since, free_udp_port, wait_udp_bound, wait_until
 
 
 def aloha_obs(seed: int, **extra: object) -> dict:
@@ -80,7 +80,7 @@ def test_server_errors_reach_the_robot(quic_server: SidecarSupervisor) -> None:
 def test_eight_quic_robots_are_served_concurrently(quic_server: SidecarSupervisor, triton_server: TritonServer) -> None:
     robots = [connect(quic_server) for _ in range(8)]
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
-    before = client.get_inference_statistics("action", as_json=True)["model_stats"][0]
+    before = batch_counts(client, "action")
     try:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             results = list(
@@ -91,13 +91,11 @@ def test_eight_quic_robots_are_served_concurrently(quic_server: SidecarSuperviso
     finally:
         for robot in robots:
             robot.close()
-    after = client.get_inference_statistics("action", as_json=True)["model_stats"][0]
     assert all(r[0].shape == (50, 14) for r in results)
     for index, actions in enumerate(results):
         assert np.abs(actions[0] - actions[2]).max() < 1e-4  # batched vs alone: float rounding only
         assert index == 0 or np.abs(actions[0] - results[0][0]).max() > 0
-    inferences = int(after["inference_count"]) - int(before.get("inference_count", 0))
-    executions = int(after["execution_count"]) - int(before.get("execution_count", 0))
+    inferences, executions = counted_since(client, "action", before, 24)
     assert inferences == 24 and executions < inferences, "QUIC robots were served one at a time"
 
 
@@ -218,17 +216,13 @@ def test_open_loop_horizon_serves_cached_steps(
     monkeypatch.setenv("OPENPI_OPEN_LOOP_HORIZON", "3")
     policy = connect(quic_server)
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
-    before = int(
-        client.get_inference_statistics("combined_ensemble", as_json=True)["model_stats"][0].get("inference_count", 0)
-    )
+    before = batch_counts(client, "combined_ensemble")
     try:
         steps = [policy.infer(aloha_obs(7))["actions"] for _ in range(4)]
     finally:
         policy.close()
-    after = int(
-        client.get_inference_statistics("combined_ensemble", as_json=True)["model_stats"][0].get("inference_count", 0)
-    )
-    assert after - before == 2, "3 steps from one chunk, then a new call"
+    calls, _ = counted_since(client, "combined_ensemble", before, 2)
+    assert calls == 2, "3 steps from one chunk, then a new call"
     assert all(step.shape == (14,) for step in steps)
     full = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port).infer(aloha_obs(7))
     np.testing.assert_array_equal(steps[1], full["actions"][1])

@@ -25,7 +25,7 @@ from openpi_triton.golden.tree import load_tree
 from openpi_triton.openpi_runtime import environment
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 from openpi_triton.triton.model_params import ActionParams, ParameterError
-from tests.triton_helpers import copy_model, infer_inputs
+from tests.triton_helpers import batch_counts, copy_model, counted_since, infer_inputs
 
 OPENPI_INSTALLED = importlib.util.find_spec("openpi") is not None
 needs_openpi = pytest.mark.skipif(
@@ -299,14 +299,12 @@ def test_openpi_runtime_through_triton_matches_golden_and_batches(
             finally:
                 own.close()
 
-        before = client.get_inference_statistics("openpi_action", as_json=True)["model_stats"][0]
+        before = batch_counts(client, "openpi_action")
         with concurrent.futures.ThreadPoolExecutor(len(robots)) as pool:
             answers = list(pool.map(robot, robots))
         for i, robot_answers in zip(robots, answers, strict=True):
             for answer in robot_answers:
                 assert np.abs(answer - expected[i]).max() < 1e-4, f"obs_{i} from concurrent robots"
-        after = client.get_inference_statistics("openpi_action", as_json=True)["model_stats"][0]
-        inferences = int(after["inference_count"]) - int(before["inference_count"])
-        executions = int(after["execution_count"]) - int(before["execution_count"])
+        inferences, executions = counted_since(client, "openpi_action", before, rounds * len(robots))
         assert inferences == rounds * len(robots)
-        assert executions < inferences, f"requests were not batched: {executions} executions, {after}"
+        assert executions < inferences, f"requests were not batched: {executions} executions for {inferences}"

@@ -21,7 +21,7 @@ from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import TritonServer
 from perf.rtc_sim import plan_deviations, run_control_loop
 from tests.conftest import BridgeProcess, start_bridge_process, stop_bridge_process
-from tests.triton_helpers import free_udp_port, infer_inputs, wait_udp_bound
+from tests.triton_helpers import batch_counts, counted_since, free_udp_port, infer_inputs, wait_udp_bound
 
 HORIZON, START, DELAY = 50, 25, 5
 
@@ -176,13 +176,9 @@ def test_concurrent_robots_with_and_without_rtc_each_get_their_own_answer(triton
         inputs = infer_inputs(obs, {"noise": noise})
         return inputs + rtc_tensors(prev, DELAY) if seed % 2 == 0 else inputs
 
-    def stats() -> tuple[int, int]:
-        model = client.get_inference_statistics("action", as_json=True)["model_stats"][0]
-        return int(model.get("inference_count", 0)), int(model.get("execution_count", 0))
-
     seeds = list(range(30, 38))
     alone = {s: client.infer("action", request(s)).as_numpy("actions") for s in seeds}
-    before = stats()
+    before = batch_counts(client, "action")
 
     def robot(seed: int) -> list[np.ndarray]:
         own = grpcclient.InferenceServerClient(triton_server.grpc_url)
@@ -193,17 +189,11 @@ def test_concurrent_robots_with_and_without_rtc_each_get_their_own_answer(triton
 
     with concurrent.futures.ThreadPoolExecutor(len(seeds)) as pool:
         results = dict(zip(seeds, pool.map(robot, seeds), strict=True))
-    after = stats()
     for seed in seeds:
         for actions in results[seed]:
             assert np.abs(actions - alone[seed]).max() < 1e-4, seed
-    assert after[1] - before[1] < after[0] - before[0], "no batching happened"
-
-
-def _batch_counts(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
-    """(inferences, executions) Triton counted for ``model``: three requests in one batch add (3, 1)."""
-    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+    inferences, executions = counted_since(client, "action", before, 3 * len(seeds))
+    assert executions < inferences, "no batching happened"
 
 
 def _concurrently(url: str, model: str, requests: list[list[grpcclient.InferInput]]) -> list[Any]:
@@ -242,11 +232,11 @@ def test_robots_with_different_remainders_and_one_without_rtc_share_one_triton_b
         return inputs if ensemble else inputs + rtc_tensors(np.zeros((0, 14)), 0)
 
     alone = {seed: client.infer("action", request(seed, False)) for seed in remainders}  # same weights, one by one
-    before = _batch_counts(client, "action_batch_of_3")
+    before = batch_counts(client, "action_batch_of_3")
     answers = _concurrently(triton_server.grpc_url, model, [request(s, through_ensemble) for s in remainders])
     together = dict(zip(remainders, answers, strict=True))
-    after = _batch_counts(client, "action_batch_of_3")
-    assert (after[0] - before[0], after[1] - before[1]) == (3, 1), "the three requests were not one batch"
+    counted = counted_since(client, "action_batch_of_3", before, 3)
+    assert counted == (3, 1), "the three requests were not one batch"
     for seed, remainder in remainders.items():
         actions = together[seed].as_numpy("actions")[0]
         assert np.abs(actions - alone[seed].as_numpy("actions")[0]).max() < 1e-4, seed
@@ -284,13 +274,13 @@ def test_a_remainder_out_of_range_is_the_robots_error_and_a_witness_in_the_same_
             except RuntimeError as exc:
                 return exc
 
-        before = _batch_counts(client, "action_batch_of_3")
+        before = batch_counts(client, "action_batch_of_3")
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             answers = list(pool.map(send, [bad, *witnesses.values()]))
-        after = _batch_counts(client, "action_batch_of_3")
+        counted = counted_since(client, "action_batch_of_3", before, 3)
     finally:
         stop_bridge_process(bridge)
-    assert (after[0] - before[0], after[1] - before[1]) == (3, 1), "the three requests were not one batch"
+    assert counted == (3, 1), "the three requests were not one batch"
     refusal = answers[0]
     assert isinstance(refusal, RuntimeError)
     assert re.search(r"'rtc/prev_actions': row 0, dim 0 is 1e\+20, expected a value in \[-?[0-9.e+-]+, ", str(refusal))

@@ -100,20 +100,20 @@ def test_roles_split_the_stack_over_processes_that_serve_robots_together(
     (tmp_path / "bridge.json").write_text(json.dumps(config))
     home = embedded_default.root.parent
 
+    started: list[subprocess.Popen[bytes]] = []
+
     def start(roles: list[str], name: str) -> tuple[subprocess.Popen[bytes], pathlib.Path]:
         ready = tmp_path / f"{name}.ready"
         args = ["--role", *roles, *stack_args(repository, tmp_path / "bridge.json", ports, ready_file=ready)]
         process = spawn_module("openpi_triton.stack", [*args, "--wait-for-model", "action"], tmp_path / name, home)
+        started.append(process)  # stopped below even if it never gets ready
         wait_until(lambda: ready.exists() or process.poll() is not None, 600, f"the {name} ready signal")
         assert process.poll() is None, (tmp_path / name).read_text()[-4000:]
         return process, ready
 
-    started: list[subprocess.Popen[bytes]] = []
     try:
         triton, _ = start(["triton"], "triton.log")
-        started.append(triton)
         front, front_ready = start(["bridge", "sidecars"], "front.log")
-        started.append(front)
         assert "starting the bridge" not in (tmp_path / "triton.log").read_text()
         assert "starting tritonserver" not in (tmp_path / "front.log").read_text()
         robot = WebsocketClientPolicy(host="127.0.0.1", port=config["action_transport"]["websocket_port"])

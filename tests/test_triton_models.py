@@ -16,7 +16,7 @@ from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.golden.tree import load_tree
 from openpi_triton.triton.launcher import TritonServer
 from tests.clients import metric_sum, scrape
-from tests.triton_helpers import infer_inputs
+from tests.triton_helpers import batch_counts, counted_since, infer_inputs
 
 ALOHA = EMBODIMENTS["aloha"]
 
@@ -141,11 +141,6 @@ def test_a_bad_prompt_format_is_the_clients_mistake(client: grpcclient.Inference
         _expect_invalid(client, "combined_ensemble", inputs, "generation_prompt_format", "{task}")
 
 
-def _stats(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
-    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
-
-
 @pytest.mark.parametrize("model", ["action", "combined_ensemble"])
 def test_eight_concurrent_robots_are_batched_and_get_sequential_results(
     triton_server: TritonServer, client: grpcclient.InferenceServerClient, model: str
@@ -156,7 +151,7 @@ def test_eight_concurrent_robots_are_batched_and_get_sequential_results(
         s: client.infer(model, infer_inputs(aloha_obs(s), {**extra, "noise": noise(s)})).as_numpy("actions")
         for s in seeds
     }
-    before = _stats(client, "action")
+    before = batch_counts(client, "action")
 
     def robot(seed: int) -> list[np.ndarray]:
         own = grpcclient.InferenceServerClient(triton_server.grpc_url)
@@ -170,12 +165,11 @@ def test_eight_concurrent_robots_are_batched_and_get_sequential_results(
 
     with concurrent.futures.ThreadPoolExecutor(len(seeds)) as pool:
         results = dict(zip(seeds, pool.map(robot, seeds), strict=True))
-    after = _stats(client, "action")
     for seed in seeds:
         for actions in results[seed]:
             assert np.abs(actions - sequential[seed]).max() < 1e-4
-    inferences, executions = after[0] - before[0], after[1] - before[1]
-    assert inferences == 3 * len(seeds)
+    inferences, executions = counted_since(client, "action", before, 3 * len(seeds))
+    assert inferences == 3 * len(seeds), "a request was executed twice"
     assert executions < inferences, f"no batching happened: {executions} executions for {inferences} requests"
 
 

@@ -101,3 +101,22 @@ def stack_args(
         "--model-repository", str(repository), "--bridge-config", str(bridge_json),
         "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics), *ready,
     ]  # fmt: skip
+
+
+def batch_counts(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
+    """(inferences, executions) Triton has counted for ``model``: three requests in one batch add (3, 1)."""
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+def counted_since(
+    client: grpcclient.InferenceServerClient, model: str, before: tuple[int, int], requests: int
+) -> tuple[int, int]:
+    """(inferences, executions) of ``model`` since ``before``, once at least ``requests`` are counted: Triton
+    counts a batch after its execute has returned, which can be after its robots have read their answers."""
+    after = wait_until(
+        lambda: (counts := batch_counts(client, model))[0] - before[0] >= requests and counts,
+        30,
+        f"Triton's statistics of {model!r} to count {requests} requests",
+    )
+    return after[0] - before[0], after[1] - before[1]
