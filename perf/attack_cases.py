@@ -526,15 +526,10 @@ def quic_huge_handshakes(ctx: Context) -> Observation:
 def quic_many_connections(count: int) -> Callable[[Context], Observation]:
     def run(ctx: Context) -> Observation:
         fds_holder: dict[str, int] = {}
-
-        def sample_while_held() -> None:
-            time.sleep(4.0)  # into the hold: every wave has connected by then
-            fds_holder.update(ctx.sampler.now().fds)
-
-        sampler = threading.Thread(target=sample_while_held, daemon=True)
-        sampler.start()
-        probes = attack_quic.authenticated_connections(ctx.stack.ports.quic_action, ctx.stack.quic_token, count, 6.0)
-        sampler.join()
+        port, token = ctx.stack.ports.quic_action, ctx.stack.quic_token
+        probes = attack_quic.authenticated_connections(
+            port, token, count, 6.0, lambda: fds_holder.update(ctx.sampler.now().fds)
+        )
         admitted = sum(p.reply_type == 0 for p in probes)
         ok = admitted <= QUIC_MAX_CONNECTIONS and admitted > 0
         observed = (

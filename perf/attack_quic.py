@@ -12,9 +12,12 @@ import asyncio
 import dataclasses
 import ssl
 import struct
+from collections.abc import Callable
 from typing import Any
 
 LINK_DATA, LINK_ERROR = 0x00, 0x01
+# The longest an admitted connection waits for the rest of the attack's connections (a bound, not a pace).
+RELEASE_WITHIN_S = 180.0
 
 
 def available() -> bool:
@@ -84,10 +87,17 @@ async def _first_of(events: list[asyncio.Event], timeout_s: float) -> bool:
 
 
 async def _session(
-    port: int, send: bytes, extra_bytes: int, hold_s: float, probe: Probe, settled: asyncio.Event | None = None
+    port: int,
+    send: bytes,
+    extra_bytes: int,
+    hold_s: float,
+    probe: Probe,
+    settled: asyncio.Event | None = None,
+    released: asyncio.Event | None = None,
 ) -> Probe:
     """One connection: send ``send`` (+ ``extra_bytes`` of filler, in pieces), then wait up to ``hold_s``.
-    ``settled`` is set once the server has answered or closed (or the hold ran out)."""
+    ``settled`` is set once the server has answered or closed (or the hold ran out). An admitted connection is
+    held ``hold_s`` more, or with ``released`` until that is set (at most ``RELEASE_WITHIN_S``)."""
     from aioquic.asyncio import connect
 
     loop = asyncio.get_running_loop()
@@ -117,7 +127,10 @@ async def _session(
                 probe.seconds_to_close = round(loop.time() - began, 2)
             if probe.reply_type == LINK_DATA and hold_s > 0:
                 # Admitted: keep the connection for the rest of the hold (the attack is holding many of them).
-                await _first_of([client.terminated], hold_s)
+                if released is None:
+                    await _first_of([client.terminated], hold_s)
+                else:
+                    await _first_of([client.terminated, released], RELEASE_WITHIN_S)
                 probe.closed_by_server = client.terminated.is_set()
     except (TimeoutError, ConnectionError, OSError) as exc:
         probe.error = f"{type(exc).__name__}: {exc}"[:200]
@@ -146,16 +159,25 @@ def silent_connections(port: int, connections: int, hold_s: float) -> list[Probe
     return asyncio.run(run())
 
 
-def authenticated_connections(port: int, token: str, connections: int, hold_s: float, batch: int = 50) -> list[Probe]:
-    """Well-formed handshakes (with the token), each connection held for ``hold_s`` after its reply."""
+def authenticated_connections(
+    port: int, token: str, connections: int, reply_within_s: float, while_held: Callable[[], None], batch: int = 50
+) -> list[Probe]:
+    """Well-formed handshakes (with the token), each waiting up to ``reply_within_s`` for its reply. Every admitted
+    connection stays open until all of them have had their answer, however long the waves took on a busy host;
+    ``while_held`` runs then (the attack samples the sidecar), and they close."""
     handshake = struct.pack(">IB", 1 + len(token), LINK_DATA) + token.encode()
 
     async def run() -> list[Probe]:
+        released = asyncio.Event()
         tasks = []
         for start in range(0, connections, batch):  # TLS handshakes in waves: 300 at once time out on 2 cores
             wave = [asyncio.Event() for _ in range(min(batch, connections - start))]
-            tasks += [asyncio.ensure_future(_session(port, handshake, 0, hold_s, Probe(), e)) for e in wave]
-            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in wave)), timeout=hold_s + 30)
+            tasks += [
+                asyncio.ensure_future(_session(port, handshake, 0, reply_within_s, Probe(), e, released)) for e in wave
+            ]
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in wave)), timeout=reply_within_s + 30)
+        while_held()
+        released.set()
         return list(await asyncio.gather(*tasks))
 
     return asyncio.run(run())
