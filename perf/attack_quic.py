@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 LINK_DATA, LINK_ERROR = 0x00, 0x01
-# The longest an admitted connection waits for the rest of the attack's connections (a bound, not a pace).
-RELEASE_WITHIN_S = 180.0
+# What a wave of handshakes may take beyond its reply time before the attack gives up on it.
+WAVE_SLACK_S = 30.0
 
 
 def available() -> bool:
@@ -93,11 +93,11 @@ async def _session(
     hold_s: float,
     probe: Probe,
     settled: asyncio.Event | None = None,
-    released: asyncio.Event | None = None,
+    released: tuple[asyncio.Event, float] | None = None,
 ) -> Probe:
     """One connection: send ``send`` (+ ``extra_bytes`` of filler, in pieces), then wait up to ``hold_s``.
     ``settled`` is set once the server has answered or closed (or the hold ran out). An admitted connection is
-    held ``hold_s`` more, or with ``released`` until that is set (at most ``RELEASE_WITHIN_S``)."""
+    held ``hold_s`` more, or with ``released`` = (event, bound) until the event is set (at most bound s)."""
     from aioquic.asyncio import connect
 
     loop = asyncio.get_running_loop()
@@ -130,7 +130,7 @@ async def _session(
                 if released is None:
                     await _first_of([client.terminated], hold_s)
                 else:
-                    await _first_of([client.terminated, released], RELEASE_WITHIN_S)
+                    await _first_of([client.terminated, released[0]], released[1])
                 probe.closed_by_server = client.terminated.is_set()
     except (TimeoutError, ConnectionError, OSError) as exc:
         probe.error = f"{type(exc).__name__}: {exc}"[:200]
@@ -167,17 +167,21 @@ def authenticated_connections(
     ``while_held`` runs then (the attack samples the sidecar), and they close."""
     handshake = struct.pack(">IB", 1 + len(token), LINK_DATA) + token.encode()
 
+    wave_s = reply_within_s + WAVE_SLACK_S
+    waves = -(-connections // batch)
+
     async def run() -> list[Probe]:
-        released = asyncio.Event()
+        # Longer than all waves can take: a held connection lets go when told, or once the attack has failed.
+        released = (asyncio.Event(), wave_s * (waves + 1))
         tasks = []
         for start in range(0, connections, batch):  # TLS handshakes in waves: 300 at once time out on 2 cores
             wave = [asyncio.Event() for _ in range(min(batch, connections - start))]
             tasks += [
                 asyncio.ensure_future(_session(port, handshake, 0, reply_within_s, Probe(), e, released)) for e in wave
             ]
-            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in wave)), timeout=reply_within_s + 30)
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in wave)), timeout=wave_s)
         while_held()
-        released.set()
+        released[0].set()
         return list(await asyncio.gather(*tasks))
 
     return asyncio.run(run())

@@ -148,6 +148,7 @@ def run_witness(
     stop: multiprocessing.synchronize.Event,
 ) -> None:
     """Process entry point: reference answer, then one call per period until ``stop`` (no catch-up bursts)."""
+    attack_run = os.getppid()  # read first: the run may be killed while the reference is taken
     if spec.log_path:  # fd 2 itself, so that the QUIC client binaries this robot starts log there as well
         log = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(log, 2)
@@ -163,7 +164,6 @@ def run_witness(
     out.put(Ready(spec.name))
     period = 1.0 / spec.rate_hz
     next_start = time.monotonic()
-    attack_run = os.getppid()
     while not stop.is_set() and os.getppid() == attack_run:  # a killed run's witnesses stop too
         record = witness.timed_call()
         out.put(record)

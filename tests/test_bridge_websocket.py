@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.triton.launcher import TritonServer
 from tests.conftest import BridgeProcess, start_bridge_process, stop_bridge_process
-from tests.triton_helpers import batch_counts, counted_since, wait_until
+from tests.triton_helpers import batch_counts, counted_since, counts_once_counted, wait_until
 
 
 def aloha_obs(seed: int, prompt: str = "fold the towel", **extra: object) -> dict:
@@ -125,11 +125,12 @@ def test_healthz(bridge: BridgeProcess) -> None:
 def test_sixteen_concurrent_robots_get_their_own_answers(bridge: BridgeProcess, triton_server: TritonServer) -> None:
     seeds = list(range(100, 116))
     expected = {}
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    start = batch_counts(client, "action")
     solo = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)
     for s in seeds:
         expected[s] = solo.infer(aloha_obs(s, noise=noise(s), mode="action_only"))["actions"]
-    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
-    before = batch_counts(client, "action")
+    before = counts_once_counted(client, "action", start, len(seeds))  # the last one alone counted too
 
     def run(seed: int) -> list[np.ndarray]:
         own = WebsocketClientPolicy(host="127.0.0.1", port=bridge.action_port)

@@ -25,7 +25,7 @@ from openpi_triton.golden.tree import load_tree
 from openpi_triton.openpi_runtime import environment
 from openpi_triton.triton.launcher import ServerOptions, TritonServer, free_ports
 from openpi_triton.triton.model_params import ActionParams, ParameterError
-from tests.triton_helpers import batch_counts, copy_model, counted_since, infer_inputs
+from tests.triton_helpers import batch_counts, copy_model, counted_since, counts_once_counted, infer_inputs
 
 OPENPI_INSTALLED = importlib.util.find_spec("openpi") is not None
 needs_openpi = pytest.mark.skipif(
@@ -282,6 +282,7 @@ def test_openpi_runtime_through_triton_matches_golden_and_batches(
     with TritonServer(options, log_stream=open(tmp_path / "triton.log", "w")) as server:
         server.wait_ready(["openpi_action"], timeout=600)
         client = grpcclient.InferenceServerClient(server.grpc_url)
+        start = batch_counts(client, "openpi_action")
         # Every golden case, one at a time: obs_2 lacks two cameras, obs_3 has 240x320 images.
         for i, want in enumerate(expected):
             answer = client.infer("openpi_action", infer_inputs(observations[i], {"noise": noises[i]}))
@@ -299,7 +300,7 @@ def test_openpi_runtime_through_triton_matches_golden_and_batches(
             finally:
                 own.close()
 
-        before = batch_counts(client, "openpi_action")
+        before = counts_once_counted(client, "openpi_action", start, len(expected))  # the last case counted too
         with concurrent.futures.ThreadPoolExecutor(len(robots)) as pool:
             answers = list(pool.map(robot, robots))
         for i, robot_answers in zip(robots, answers, strict=True):

@@ -21,7 +21,14 @@ from openpi_triton.sidecar import SidecarSupervisor
 from openpi_triton.triton.launcher import TritonServer
 from perf.rtc_sim import plan_deviations, run_control_loop
 from tests.conftest import BridgeProcess, start_bridge_process, stop_bridge_process
-from tests.triton_helpers import batch_counts, counted_since, free_udp_port, infer_inputs, wait_udp_bound
+from tests.triton_helpers import (
+    batch_counts,
+    counted_since,
+    counts_once_counted,
+    free_udp_port,
+    infer_inputs,
+    wait_udp_bound,
+)
 
 HORIZON, START, DELAY = 50, 25, 5
 
@@ -177,8 +184,9 @@ def test_concurrent_robots_with_and_without_rtc_each_get_their_own_answer(triton
         return inputs + rtc_tensors(prev, DELAY) if seed % 2 == 0 else inputs
 
     seeds = list(range(30, 38))
+    start = batch_counts(client, "action")
     alone = {s: client.infer("action", request(s)).as_numpy("actions") for s in seeds}
-    before = batch_counts(client, "action")
+    before = counts_once_counted(client, "action", start, len(seeds))  # the last one alone counted too
 
     def robot(seed: int) -> list[np.ndarray]:
         own = grpcclient.InferenceServerClient(triton_server.grpc_url)

@@ -33,7 +33,7 @@ from perf.soak import _cmdline, process_tree
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Long enough to kill the stack inside the call (warm-up makes one call too).
 CALL_MS = 5_000
-PR_SET_CHILD_SUBREAPER = 36
+PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
 
 
 def _device_busy(path: pathlib.Path) -> bool:
@@ -53,11 +53,13 @@ def _orphans_come_to_us() -> Iterator[None]:
     """This process adopts its descendants' orphans (the killed stack's Triton) and does not reap them: a
     zombie server, whatever the machine's init does."""
     libc = ctypes.CDLL(None, use_errno=True)
+    was = ctypes.c_int(0)
+    assert libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0) == 0, os.strerror(ctypes.get_errno())
     assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0, os.strerror(ctypes.get_errno())
     try:
         yield
     finally:
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, was.value, 0, 0, 0)
 
 
 def _reap(pids: list[int]) -> None:
@@ -96,12 +98,12 @@ def test_every_stub_exits_when_the_stack_is_killed_mid_call(
         try:
             wait_until(
                 ready.exists,
-                300,
+                600,
                 "the stack's ready file",
                 unless=lambda: None if stack.poll() is None else f"the stack exited ({stack.returncode})",
             )
             tree = process_tree(stack.pid)[1:]
-            server = next(p for p in tree if _cmdline(p)[0].endswith("tritonserver"))
+            server = next(p for p in tree if _cmdline(p)[:1] and _cmdline(p)[0].endswith("tritonserver"))
             stubs = process_tree(server)[1:]
             assert len(stubs) >= len(models), f"one stub per model ({models}) below tritonserver, found {stubs}"
             client = GrpcPolicy(Endpoint("127.0.0.1", grpc, "combined_ensemble"))
@@ -129,6 +131,7 @@ def test_every_stub_exits_when_the_stack_is_killed_mid_call(
             client.close()
         finally:
             if stack.poll() is None:
+                tree = tree or process_tree(stack.pid)[1:]  # a stack that never got ready: its Triton too
                 stack.kill()
                 stack.wait()
             _reap(tree)

@@ -16,7 +16,7 @@ from openpi_triton.domain.embodiments import EMBODIMENTS
 from openpi_triton.golden.tree import load_tree
 from openpi_triton.triton.launcher import TritonServer
 from tests.clients import metric_sum, scrape
-from tests.triton_helpers import batch_counts, counted_since, infer_inputs
+from tests.triton_helpers import batch_counts, counted_since, counts_once_counted, infer_inputs
 
 ALOHA = EMBODIMENTS["aloha"]
 
@@ -147,11 +147,12 @@ def test_eight_concurrent_robots_are_batched_and_get_sequential_results(
 ) -> None:
     extra = {"mode": "action_only"} if model == "combined_ensemble" else {}
     seeds = list(range(20, 28))
+    start = batch_counts(client, "action")
     sequential = {
         s: client.infer(model, infer_inputs(aloha_obs(s), {**extra, "noise": noise(s)})).as_numpy("actions")
         for s in seeds
     }
-    before = batch_counts(client, "action")
+    before = counts_once_counted(client, "action", start, len(seeds))  # the last one alone counted too
 
     def robot(seed: int) -> list[np.ndarray]:
         own = grpcclient.InferenceServerClient(triton_server.grpc_url)

@@ -109,14 +109,21 @@ def batch_counts(client: grpcclient.InferenceServerClient, model: str) -> tuple[
     return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
-def counted_since(
-    client: grpcclient.InferenceServerClient, model: str, before: tuple[int, int], requests: int
+def counts_once_counted(
+    client: grpcclient.InferenceServerClient, model: str, since: tuple[int, int], requests: int
 ) -> tuple[int, int]:
-    """(inferences, executions) of ``model`` since ``before``, once at least ``requests`` are counted: Triton
-    counts a batch after its execute has returned, which can be after its robots have read their answers."""
-    after = wait_until(
-        lambda: (counts := batch_counts(client, model))[0] - before[0] >= requests and counts,
+    """:func:`batch_counts` once at least ``requests`` more than ``since`` are counted: Triton counts a batch
+    after its execute has returned, which can be after its robots have read their answers."""
+    return wait_until(
+        lambda: (counts := batch_counts(client, model))[0] - since[0] >= requests and counts,
         30,
         f"Triton's statistics of {model!r} to count {requests} requests",
     )
+
+
+def counted_since(
+    client: grpcclient.InferenceServerClient, model: str, before: tuple[int, int], requests: int
+) -> tuple[int, int]:
+    """(inferences, executions) of ``model`` since ``before``, once at least ``requests`` are counted."""
+    after = counts_once_counted(client, model, before, requests)
     return after[0] - before[0], after[1] - before[1]
