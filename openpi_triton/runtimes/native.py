@@ -20,11 +20,9 @@ def _serving_config(params: ActionParams) -> PolicyConfig:
 
 
 def _load(params: ActionParams, placement: Placement) -> PolicyRuntime:
-    from openpi_triton.native import compile_cache
     from openpi_triton.native.policy import PolicyOptions, load_policy
     from openpi_triton.triton import backend
 
-    compile_cache.enable()
     checkpoint_dir, tokenizer_path = backend.resolve_weights(params.checkpoint_dir, params.tokenizer_path)
     options = PolicyOptions(
         dtype=params.dtype,

@@ -13,7 +13,6 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from openpi_triton.contract.robot_metadata import publish_instruction, unpublished_metadata
-from openpi_triton.native import compile_cache
 from openpi_triton.runtime_api import Placement, PolicyRuntime, get_runtime
 from openpi_triton.triton import backend, batched_execute, io_spec, served_config
 from openpi_triton.triton.model_params import ActionParams, read_parameters
@@ -52,10 +51,7 @@ class ActionModel:
             failures=backend.RequestFailures.create(args["model_name"], served),
         )
         seconds = self.policy.warmup()
-        cache = compile_cache.report()
-        backend.log_info(
-            f"{args['model_name']} ready: {self.policy.describe()}, warm-up {seconds}" + (f"; {cache}" if cache else "")
-        )
+        backend.log_info(f"{args['model_name']} ready: {self.policy.describe()}, warm-up {seconds}")
 
     def _check_metadata_is_published(self, args: dict[str, str]) -> None:
         """Robots read the policy metadata (ALOHA's reset_pose) from this model's config; a policy whose

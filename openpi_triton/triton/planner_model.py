@@ -8,7 +8,6 @@ from typing import Any
 import triton_python_backend_utils as pb_utils
 
 from openpi_triton.domain.configs import get_policy_config
-from openpi_triton.native import compile_cache
 from openpi_triton.native.planner import PlannerInput, PlannerOptions, SubtaskPlanner, load_planner
 from openpi_triton.runtime_api import Placement
 from openpi_triton.triton import backend, batched_execute, inherit, io_spec
@@ -49,7 +48,6 @@ class PlannerModel:
             batch_buckets=self.params.batch_buckets,
             tokenizer_path=tokenizer_path,
         )
-        compile_cache.enable()
         device = backend.jax_device(Placement.of_instance(args))
         self.planner = backend.load_or_fail(args, lambda: load_planner(checkpoint_dir, options, device))
         self.inputs = io_spec.planner_inputs(self.params.config)
@@ -65,7 +63,7 @@ class PlannerModel:
             failures=backend.RequestFailures.create(args["model_name"], served),
         )
         seconds = self.planner.warmup()
-        backend.log_info(f"{args['model_name']} ready, warm-up {seconds}; {compile_cache.report()}")
+        backend.log_info(f"{args['model_name']} ready, warm-up {seconds}")
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return batched_execute.execute(self.batched, requests)
